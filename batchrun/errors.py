@@ -8,6 +8,7 @@
     │   ├── RateLimited           4  429 after every retry was spent
     │   └── QuotaExhausted        4  credits or a daily quota ran out
     ├── TransportError            5  the API could not be reached after retries
+    │   └── SubmissionUncertain   5  a run start may or may not have created a run
     ├── RunFailed                 1  one run ended failed (recorded per job)
     └── DownloadFailed            1  one output could not be downloaded (per job)
 
@@ -100,6 +101,10 @@ class TransportError(BatchrunError):
     """The API could not be reached (connection refused, reset, timed out)."""
 
     exit_code = 5
+
+
+class SubmissionUncertain(TransportError):
+    """A run start was sent but its answer was lost: a run may exist. Never resend blindly."""
 
 
 class RunFailed(BatchrunError):

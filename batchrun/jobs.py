@@ -1,0 +1,372 @@
+"""Jobs: one run of one app with exact inputs, planned from a spec and checked up front.
+
+`plan_jobs` expands every entry's matrix, renders the templates, checks every value
+against the app's parameters (each distinct value once) and returns the jobs, or raises
+one SpecError listing every problem, before a single request is spent.
+
+A job's key is a digest of what the run would receive (app, inputs with local files
+replaced by their content hash, repeat index), so editing a spec (new axis values,
+reordered keys, a moved file) keeps the keys, and so the manifest records, of the jobs
+that did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from batchrun.apps import App, Parameter
+from batchrun.errors import SpecError
+from batchrun.matrix import Cell, Combination, expand
+from batchrun.spec import Entry, FixedInput, Spec
+from batchrun.templates import FILENAME_BUILTINS, Template, parse_template
+from batchrun.validate import (
+    Checked,
+    ProblemLog,
+    ValueChecker,
+    did_you_mean,
+    unknown_parameter,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One run to make: what is sent, and what names its output files."""
+
+    key: str  # 16 hex chars, stable across spec edits (see job_key)
+    app_id: str
+    entry: int  # index in spec.entries
+    inputs: dict[str, str]  # by exact parameter name; local files as absolute paths
+    files: dict[str, str]  # parameter name -> absolute path, for local-file inputs
+    names: dict[str, str]  # values for the file-name template (files: their stem)
+    repeat: int
+
+
+# (path, mtime_ns, size) -> sha256 hex: a file is hashed once while it is unchanged.
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 hex digest of the file at `path`, cached by path, mtime and size."""
+    info = os.stat(path)
+    cache_key = (path, info.st_mtime_ns, info.st_size)
+    digest = _FILE_HASHES.get(cache_key)
+    if digest is None:
+        hasher = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                hasher.update(block)
+        digest = _FILE_HASHES[cache_key] = hasher.hexdigest()
+    return digest
+
+
+def job_key(
+    app_id: str, inputs: Mapping[str, str], files: Mapping[str, str], repeat: int
+) -> str:
+    """The stable key of a job: 16 hex chars of sha256 over canonical JSON.
+
+    Hashed: {app_id, inputs with each local file's value replaced by
+    "sha256:<content hash>", repeat}. File contents, not paths, so moving a file keeps
+    the key; sorted keys, so reordering a spec keeps it too.
+    """
+    hashed = {
+        name: f"sha256:{file_sha256(files[name])}" if name in files else value
+        for name, value in inputs.items()
+    }
+    return _digest(app_id, hashed, repeat)
+
+
+def _digest(app_id: str, hashed_inputs: Mapping[str, str], repeat: int) -> str:
+    text = json.dumps(
+        {"app_id": app_id, "inputs": hashed_inputs, "repeat": repeat},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_jobs(
+    spec: Spec, apps: Mapping[int, App], *, max_jobs: int | None = None
+) -> list[Job]:
+    """The jobs of `spec`, each checked against its app; raises SpecError otherwise.
+
+    apps: entry index -> resolved App. Expands, renders templates, validates every job
+    (and the file-name template) against its app; raises SpecError with every problem.
+    max_jobs (e.g. from --max-jobs) overrides settings.max_jobs.
+    """
+    cap = spec.settings.max_jobs if max_jobs is None else max_jobs
+    log = ProblemLog()
+    filename = parse_template(spec.settings.filename)  # load_spec checked its syntax
+    jobs: list[Job] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for entry in spec.entries:
+        app = apps.get(entry.index)
+        if app is None:
+            log.add(entry.where, entry.path, f"app {entry.app!r} was not resolved")
+            continue
+        planner = _EntryPlanner(spec, entry, app, filename, log)
+        for job in planner.plan(cap):
+            if job.key in seen:
+                duplicates += 1
+                continue
+            seen.add(job.key)
+            jobs.append(job)
+    if len(jobs) > cap and not log:
+        log.add(
+            spec.display,
+            "jobs",
+            f"the spec expands to {len(jobs):,} jobs, more than max_jobs ({cap:,}); "
+            "raise settings.max_jobs or pass --max-jobs",
+        )
+    if log:
+        raise SpecError(log.problems())
+    if duplicates:
+        logger.warning(
+            "%d combinations repeat earlier jobs exactly (same app and inputs); "
+            "keeping the first of each",
+            duplicates,
+        )
+    return jobs
+
+
+class _Resolved:
+    """A checked value plus what the job key hashes for it."""
+
+    __slots__ = ("checked", "hashed")
+
+    def __init__(self, checked: Checked, hashed: str) -> None:
+        self.checked = checked
+        self.hashed = hashed
+
+
+class _EntryPlanner:
+    """Plans the jobs of one entry: structure first, then every combination."""
+
+    def __init__(
+        self, spec: Spec, entry: Entry, app: App, filename: Template, log: ProblemLog
+    ) -> None:
+        self.spec = spec
+        self.entry = entry
+        self.app = app
+        self.filename = filename
+        self.log = log
+        self.params = {p.name: p for p in app.parameters}
+        self.checker = ValueChecker(app, spec.folder)
+        self._resolved: dict[tuple[str, str], _Resolved] = {}
+
+    def plan(self, cap: int) -> list[Job]:
+        """The entry's jobs (problems go to the log; then the jobs are not usable)."""
+        entry = self.entry
+        problems_before = len(self.log)
+        fixed = self._check_structure()
+        raw = entry.matrix.count() * entry.repeat
+        if raw > cap:
+            counted = " (counted before exclude)" if entry.matrix.exclude else ""
+            self.log.add(
+                entry.where,
+                entry.path,
+                f"expands to {raw:,} jobs{counted}, more than max_jobs ({cap:,}); "
+                "raise settings.max_jobs or pass --max-jobs",
+            )
+            return []
+        if len(self.log) > problems_before:
+            # Unknown names or template fields make every job wrong the same way;
+            # reporting them once is clearer than a flood of consequences.
+            return []
+        return self._plan_combinations(expand(entry.matrix), fixed)
+
+    def _check_structure(self) -> list[tuple[Parameter, FixedInput]]:
+        entry, app, log = self.entry, self.app, self.log
+        keys = entry.matrix.keys
+        fixed: list[tuple[Parameter, FixedInput]] = []
+        for item in entry.inputs:
+            parameter = self.params.get(item.name)
+            if parameter is None:
+                log.add(
+                    item.key_where,
+                    f"{entry.path}.inputs",
+                    unknown_parameter(item.name, app),
+                )
+                continue
+            unknown = sorted(item.template.fields - keys)
+            for name in unknown:
+                log.add(item.where, item.path, self._unknown_field(name, sorted(keys)))
+            fixed.append((parameter, item))
+
+        used = set(self.filename.fields)
+        for item in entry.inputs:
+            used |= item.template.fields
+        for declared in entry.matrix.declared:
+            if declared.name in self.params:
+                continue
+            if declared.name in FILENAME_BUILTINS:
+                log.add(
+                    declared.where,
+                    declared.path,
+                    f"{declared.name!r} is a built-in file-name field "
+                    f"({', '.join(sorted(FILENAME_BUILTINS))}); rename the variable",
+                )
+            elif declared.name not in used:
+                hint = did_you_mean(declared.name, list(self.params))
+                log.add(
+                    declared.where,
+                    declared.path,
+                    f"{declared.name!r} is not a parameter of {app.name} and no "
+                    f"template uses it{hint}",
+                )
+
+        defaults = {name for name, p in self.params.items() if p.has_default}
+        known = FILENAME_BUILTINS | keys | {i.name for i in entry.inputs} | defaults
+        for name in sorted(self.filename.fields - known):
+            hint = did_you_mean(name, sorted(known))
+            log.add(
+                self.spec.where("settings.filename"),
+                "settings.filename",
+                f"{{{name}}} has no value in {entry.path} ({app.name}){hint}",
+            )
+        return fixed
+
+    def _unknown_field(self, name: str, keys: list[str]) -> str:
+        hint = did_you_mean(name, keys)
+        if not hint:
+            hint = (
+                f" (matrix keys: {', '.join(keys)})"
+                if keys
+                else " (the matrix is empty)"
+            )
+        return f"{{{name}}} is not a matrix key{hint}"
+
+    def _resolve(self, parameter: Parameter, value: str) -> _Resolved:
+        cache_key = (parameter.name, value)
+        found = self._resolved.get(cache_key)
+        if found is None:
+            checked = self.checker.check(parameter, value)
+            hashed = checked.value
+            if checked.file is not None:
+                hashed = f"sha256:{file_sha256(checked.file)}"
+            found = self._resolved[cache_key] = _Resolved(checked, hashed)
+        return found
+
+    def _plan_combinations(
+        self, combos: list[Combination], fixed: list[tuple[Parameter, FixedInput]]
+    ) -> list[Job]:
+        entry, app, log, params = self.entry, self.app, self.log, self.params
+        repeat = entry.repeat
+        templated = [(p, i) for p, i in fixed if i.template.fields]
+        constant: list[tuple[Parameter, Cell]] = [
+            (p, Cell(i.template.render({}), i.where, i.path))
+            for p, i in fixed
+            if not i.template.fields
+        ]
+        required = [p for p in app.parameters if not p.has_default]
+        defaults = {
+            p.name: self._resolve(p, p.default).checked.name
+            for p in app.parameters
+            if p.default is not None
+        }
+        filename_fields = self.filename.fields - FILENAME_BUILTINS
+        missing: dict[str, int] = {}
+        jobs: list[Job] = []
+        for combo in combos:
+            given: list[tuple[Parameter, Cell]] = list(constant)
+            names = dict(defaults)
+            for key, cell in combo.items():
+                parameter = params.get(key)
+                if parameter is None:
+                    names[key] = cell.value
+                else:
+                    given.append((parameter, cell))
+            valid = True
+            if templated:
+                context = {k: c.value for k, c in combo.items()}
+                for parameter, item in templated:
+                    absent = item.template.fields - context.keys()
+                    if absent:
+                        self._report_absent(item.where, item.path, absent, repeat)
+                        valid = False
+                        continue
+                    text = item.template.render(context)
+                    given.append((parameter, Cell(text, item.where, item.path)))
+
+            inputs: dict[str, str] = {}
+            files: dict[str, str] = {}
+            hashed: dict[str, str] = {}
+            for parameter, cell in given:
+                resolved = self._resolve(parameter, cell.value)
+                checked = resolved.checked
+                names[parameter.name] = checked.name
+                if checked.reason is not None:
+                    log.add(
+                        cell.where,
+                        cell.path,
+                        f"{cell.value!r}{cell.note} {checked.reason}",
+                        jobs=repeat,
+                    )
+                    valid = False
+                    continue
+                inputs[parameter.name] = checked.value
+                hashed[parameter.name] = resolved.hashed
+                if checked.file is not None:
+                    files[parameter.name] = checked.file
+            if valid:
+                for parameter in required:
+                    if parameter.name not in inputs:
+                        missing[parameter.name] = (
+                            missing.get(parameter.name, 0) + repeat
+                        )
+                        valid = False
+            absent_names = filename_fields - names.keys()
+            if absent_names:
+                self._report_absent(
+                    self.spec.where("settings.filename"),
+                    "settings.filename",
+                    absent_names,
+                    repeat,
+                )
+                valid = False
+            if not valid:
+                continue
+            for r in range(repeat):
+                # Repeats get their own dicts: a caller may edit one job's inputs
+                # (e.g. swap a local path for an uploaded asset URL).
+                jobs.append(
+                    Job(
+                        key=_digest(app.app_id, hashed, r),
+                        app_id=app.app_id,
+                        entry=entry.index,
+                        inputs=inputs if r == 0 else dict(inputs),
+                        files=files if r == 0 else dict(files),
+                        names=names if r == 0 else dict(names),
+                        repeat=r,
+                    )
+                )
+        total = len(combos) * repeat
+        for name, count in missing.items():
+            share = "" if count == total else f" (affects {count:,} of {total:,} jobs)"
+            log.add(
+                entry.where,
+                entry.path,
+                f"missing input {name!r} of {app.name} (it has no default); add it to "
+                f"inputs or the matrix{share}",
+            )
+        return jobs
+
+    def _report_absent(
+        self, where: str, path: str, absent: frozenset[str] | set[str], jobs: int
+    ) -> None:
+        names = ", ".join(f"{{{n}}}" for n in sorted(absent))
+        self.log.add(
+            where,
+            path,
+            f"{names} has no value in some combinations of {self.entry.path} (added by "
+            "include?); give every combination a value",
+            jobs=jobs,
+        )
