@@ -16,8 +16,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from batchrun.apps import App, Parameter
 from batchrun.errors import SpecError
@@ -29,6 +29,7 @@ from batchrun.validate import (
     ProblemLog,
     ValueChecker,
     did_you_mean,
+    suggest,
     unknown_parameter,
 )
 
@@ -147,6 +148,26 @@ class _Resolved:
         self.hashed = hashed
 
 
+@dataclass
+class _Structure:
+    """What checking an entry's names found, before any combination is looked at."""
+
+    fixed: list[tuple[Parameter, FixedInput]] = field(default_factory=list)
+    blocking: bool = False  # planning the combinations would only repeat the problem
+    # Parameters suggested for a misspelt name: their "missing input" would say the
+    # same thing twice.
+    suggested: set[str] = field(default_factory=set)
+    # Names suggested for a misspelt template field count as used by a template.
+    used: set[str] = field(default_factory=set)
+
+    def note_suggestion(
+        self, name: str, candidates: Iterable[str], *, into: set[str] | None = None
+    ) -> None:
+        best = suggest(name, candidates)
+        if best is not None:
+            (self.suggested if into is None else into).add(best)
+
+
 class _EntryPlanner:
     """Plans the jobs of one entry: structure first, then every combination."""
 
@@ -165,8 +186,7 @@ class _EntryPlanner:
     def plan(self, cap: int) -> list[Job]:
         """The entry's jobs (problems go to the log; then the jobs are not usable)."""
         entry = self.entry
-        problems_before = len(self.log)
-        fixed = self._check_structure()
+        structure = self._check_structure()
         raw = entry.matrix.count() * entry.repeat
         if raw > cap:
             counted = " (counted before exclude)" if entry.matrix.exclude else ""
@@ -177,16 +197,18 @@ class _EntryPlanner:
                 "raise settings.max_jobs or pass --max-jobs",
             )
             return []
-        if len(self.log) > problems_before:
-            # Unknown names or template fields make every job wrong the same way;
-            # reporting them once is clearer than a flood of consequences.
+        if structure.blocking:
+            # A template naming something that does not exist makes every job wrong
+            # the same way: one line about the template beats a flood of consequences.
             return []
-        return self._plan_combinations(expand(entry.matrix), fixed)
+        return self._plan_combinations(
+            expand(entry.matrix), structure.fixed, structure.suggested
+        )
 
-    def _check_structure(self) -> list[tuple[Parameter, FixedInput]]:
+    def _check_structure(self) -> _Structure:
         entry, app, log = self.entry, self.app, self.log
         keys = entry.matrix.keys
-        fixed: list[tuple[Parameter, FixedInput]] = []
+        structure = _Structure()
         for item in entry.inputs:
             parameter = self.params.get(item.name)
             if parameter is None:
@@ -195,13 +217,27 @@ class _EntryPlanner:
                     f"{entry.path}.inputs",
                     unknown_parameter(item.name, app),
                 )
+                structure.note_suggestion(item.name, self.params)
                 continue
-            unknown = sorted(item.template.fields - keys)
-            for name in unknown:
+            for name in sorted(item.template.fields - keys):
                 log.add(item.where, item.path, self._unknown_field(name, sorted(keys)))
-            fixed.append((parameter, item))
+                structure.blocking = True
+                structure.note_suggestion(name, keys, into=structure.used)
+            structure.fixed.append((parameter, item))
 
-        used = set(self.filename.fields)
+        defaults = {name for name, p in self.params.items() if p.has_default}
+        known = FILENAME_BUILTINS | keys | {i.name for i in entry.inputs} | defaults
+        for name in sorted(self.filename.fields - known):
+            hint = did_you_mean(name, sorted(known))
+            log.add(
+                self.spec.where("settings.filename"),
+                "settings.filename",
+                f"{{{name}}} has no value in {entry.path} ({app.name}){hint}",
+            )
+            structure.blocking = True
+            structure.note_suggestion(name, known, into=structure.used)
+
+        used = structure.used | self.filename.fields
         for item in entry.inputs:
             used |= item.template.fields
         for declared in entry.matrix.declared:
@@ -214,6 +250,7 @@ class _EntryPlanner:
                     f"{declared.name!r} is a built-in file-name field "
                     f"({', '.join(sorted(FILENAME_BUILTINS))}); rename the variable",
                 )
+                structure.blocking = True
             elif declared.name not in used:
                 hint = did_you_mean(declared.name, list(self.params))
                 log.add(
@@ -222,17 +259,8 @@ class _EntryPlanner:
                     f"{declared.name!r} is not a parameter of {app.name} and no "
                     f"template uses it{hint}",
                 )
-
-        defaults = {name for name, p in self.params.items() if p.has_default}
-        known = FILENAME_BUILTINS | keys | {i.name for i in entry.inputs} | defaults
-        for name in sorted(self.filename.fields - known):
-            hint = did_you_mean(name, sorted(known))
-            log.add(
-                self.spec.where("settings.filename"),
-                "settings.filename",
-                f"{{{name}}} has no value in {entry.path} ({app.name}){hint}",
-            )
-        return fixed
+                structure.note_suggestion(declared.name, self.params)
+        return structure
 
     def _unknown_field(self, name: str, keys: list[str]) -> str:
         hint = did_you_mean(name, keys)
@@ -256,7 +284,10 @@ class _EntryPlanner:
         return found
 
     def _plan_combinations(
-        self, combos: list[Combination], fixed: list[tuple[Parameter, FixedInput]]
+        self,
+        combos: list[Combination],
+        fixed: list[tuple[Parameter, FixedInput]],
+        suggested: set[str],
     ) -> list[Job]:
         entry, app, log, params = self.entry, self.app, self.log, self.params
         repeat = entry.repeat
@@ -266,7 +297,9 @@ class _EntryPlanner:
             for p, i in fixed
             if not i.template.fields
         ]
-        required = [p for p in app.parameters if not p.has_default]
+        required = [
+            p for p in app.parameters if not p.has_default and p.name not in suggested
+        ]
         defaults = {
             p.name: self._resolve(p, p.default).checked.name
             for p in app.parameters

@@ -18,7 +18,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiolimiter import AsyncLimiter
 
@@ -35,10 +35,12 @@ class RequestBudget:
         rate: float = DEFAULT_RATE,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         max_jitter: float = 1.0,
     ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._jitter = jitter
         self._max_jitter = max_jitter
         self._paused_until = 0.0
@@ -68,7 +70,7 @@ class RequestBudget:
         self.waiting += 1
         try:
             while (delay := self._paused_until - self._clock()) > 0:
-                await asyncio.sleep(delay + self._jitter() * self._max_jitter)
+                await self._sleep(delay + self._jitter() * self._max_jitter)
             if self._limiter is None:
                 # Created lazily, inside the running loop (aiolimiter binds to it).
                 self._limiter = AsyncLimiter(1, 60.0 / self.rate)

@@ -201,10 +201,10 @@ def parse_matrix(
                     pattern.path,
                     f"exclude key {key!r} is not a matrix axis{hint}",
                 )
-    for pattern in patterns["include"]:
+    for i, pattern in enumerate(patterns["include"]):
         declared += [
-            Declared(k, cell.where, pattern.path)
-            for k, cell in pattern.cells
+            Declared(k, locate.key((*base, "include", i, k)), pattern.path)
+            for k, _cell in pattern.cells
             if k not in axis_keys
         ]
     include_keys = {k for p in patterns["include"] for k, _ in p.cells}

@@ -12,8 +12,11 @@ retried up to 3 times, each freshly signed, so the same run can arrive several t
   and hands each genuine run to `on_run` exactly once.
 
 Rejections are logged with their reason and request id, never with the body or the
-signature: the body is a customer's run, and the log is read by more people than the
-manifest is.
+signature: the body is a customer's run (prompts, output URLs), and a body with its
+signature is a delivery anyone could replay for the next 300 s.
+
+The `X-Lamina-Webhook-User-Id` header is not checked: it is not signed and batchrun has
+no use for it.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Lamina-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Lamina-Webhook-Timestamp"
 REQUEST_ID_HEADER = "X-Lamina-Webhook-Request-Id"
-USER_ID_HEADER = "X-Lamina-Webhook-User-Id"
 
 DEFAULT_TOLERANCE = 300.0
 DEFAULT_MAX_BODY = 1024 * 1024
@@ -247,8 +249,10 @@ class WebhookReceiver:
     Each genuine delivery's run is passed to `on_run` once, however often Lamina
     delivers it; retries are answered 200 without calling it again. If `on_run` raises,
     the delivery is answered 500 and the run is not remembered, so Lamina's retry is
-    passed on again. Keys are fetched on the first delivery (or `load_keys()`), and
-    refetched at most once per `refetch_interval` seconds when a signature matches none.
+    passed on again; keep it quick, as Lamina gives up on an answer after 15 s. Keys are
+    fetched on the first delivery (or by `load_keys()`, better done before runs start)
+    and refetched at most once per `refetch_interval` seconds when no key verifies a
+    signature.
     """
 
     def __init__(

@@ -263,6 +263,14 @@ def _app_id_not_uuid(d: dict[str, Any]) -> None:
     d["apps"][1]["appId"] = "full-set"
 
 
+def _frames_out_of_bounds(d: dict[str, Any]) -> None:
+    d["apps"][4]["outputs"][5]["options"]["frames"] = 5000
+
+
+def _unknown_option(d: dict[str, Any]) -> None:
+    d["apps"][0]["outputs"][0]["options"]["sytle"] = "Style"
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -309,6 +317,16 @@ def _app_id_not_uuid(d: dict[str, Any]) -> None:
         ),
         pytest.param(
             _app_id_not_uuid, r"appId: required, a UUID", id="app-id-not-uuid"
+        ),
+        pytest.param(
+            _frames_out_of_bounds,
+            r"\('Catalog Video'\): options.frames: 5000 is outside 2..24",
+            id="frames-out-of-bounds",
+        ),
+        pytest.param(
+            _unknown_option,
+            r"options.sytle: not an option of cartoonify",
+            id="unknown-option",
         ),
     ],
 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageStat
@@ -402,3 +404,63 @@ def test_parallel_renders_match_serial_ones(catalog: dict[str, SandboxApp]):
         )
 
     assert parallel == serial * 2
+
+
+def test_transparent_cutout_sits_on_the_backdrop(catalog: dict[str, SandboxApp]):
+    app = catalog["Example Catalog App"]
+    cutout = Image.new("RGBA", (400, 400), (0, 0, 0, 0))
+    ImageDraw.Draw(cutout).ellipse((100, 100, 300, 300), fill=(200, 30, 30, 255))
+    buffer = io.BytesIO()
+    cutout.save(buffer, "PNG")
+
+    rendered = render_output(
+        app, 0, INPUTS["Example Catalog App"], {"Front": buffer.getvalue()}
+    )
+
+    shot = opened(rendered).convert("RGB")
+    # Inside the pasted box but outside the disc, the backdrop shows through: same
+    # colour as the backdrop beside the box on that row, not a black or white square.
+    assert shot.getpixel((110, 110)) == shot.getpixel((20, 110))
+    assert shot.getpixel((20, 110))[0] > 200  # Studio is a light grey
+    assert shot.getpixel((320, 320)) == (200, 30, 30)  # the product, centred
+
+
+def test_renderers_serve_a_user_catalog_with_other_names(tmp_path: Path):
+    document = {
+        "apps": [
+            {
+                "appId": "0b7d0f1e-5a77-4c1e-9f51-3a8f0c6f2d11",
+                "name": "Turntable",
+                "parameters": [
+                    {"name": "Photo", "type": "url", "required": True},
+                    {"name": "Look", "type": "options", "options": ["Cyberpunk"]},
+                ],
+                "outputs": [
+                    {
+                        "label": "Spin",
+                        "type": "video",
+                        "renderer": "animation",
+                        "options": {"image": "Photo", "format": "webp", "frames": 4},
+                    },
+                    {
+                        "label": "Still",
+                        "type": "image",
+                        "renderer": "cartoonify",
+                        "options": {"image": "Photo", "style": "Look"},
+                    },
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "apps.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    (app,) = load_catalog(path)
+    inputs = {"Photo": "https://x.test/p.png", "Look": "Cyberpunk"}
+
+    spin = render_output(app, 0, inputs, {"Photo": PHOTO})
+    still = render_output(app, 1, inputs, {"Photo": PHOTO})
+
+    assert (spin.content_type, spin.ext) == ("image/webp", ".webp")
+    assert opened(spin).n_frames == 4
+    assert spin.data == render_output(app, 0, inputs, {"Photo": PHOTO}).data
+    assert opened(still).size == (512, 512)

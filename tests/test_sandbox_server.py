@@ -107,7 +107,7 @@ async def start_run(
 
 
 def assert_error(body: dict[str, Any], code: str, retryable: bool = False) -> None:
-    assert ERROR_FIELDS <= set(body)
+    assert set(body) >= ERROR_FIELDS
     assert body["code"] == code
     assert body["retryable"] is retryable
     assert isinstance(body["error"], str) and body["error"]
@@ -307,7 +307,7 @@ async def test_unknown_routes_answer_404_in_the_envelope(http):
     assert_error(body, "NOT_FOUND")
 
 
-# -- apps -------------------------------------------------------------------------------
+# -- apps ---------------------------------------------------------------------------
 
 
 async def test_list_apps_searches_name_and_description_case_insensitively(http):

@@ -387,7 +387,7 @@ def test_feeding_one_byte_at_a_time_equals_feeding_all_at_once() -> None:
 # Any code point but CR, LF and surrogates (which UTF-8 cannot carry); astral ones
 # included, so that 4-byte sequences get split too.
 line_text = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters="\r\n"),
+    st.characters(exclude_categories=["Cs"], exclude_characters="\r\n"),
     max_size=12,
 )
 
@@ -526,7 +526,8 @@ STREAM = (
 
 def tiny_chunks(stream: bytes) -> list[bytes]:
     sizes = [1, 2, 3]
-    chunks, pos = [], 0
+    chunks: list[bytes] = []
+    pos = 0
     while pos < len(stream):
         size = sizes[len(chunks) % 3]
         chunks.append(stream[pos : pos + size])

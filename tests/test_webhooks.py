@@ -631,6 +631,12 @@ async def test_local_url_names_the_bound_port_and_path(start: Start) -> None:
     assert receiver.port != 0
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1", "localhost:http", ":"], ids=repr)
+def test_listen_must_be_host_and_port(listen: str) -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        WebhookReceiver(fetch_keys=dict, on_run=print, listen=listen)  # type: ignore[arg-type]
+
+
 # -- verify_delivery and public_keys_from_jwks, without HTTP ---------------------------
 
 
@@ -642,6 +648,16 @@ def test_verify_delivery_returns_the_run_and_matches_header_names_in_any_case() 
     run = verify_delivery(headers, body, [key.public_key()], now=NOW)
 
     assert run == json.loads(body)["data"]
+
+
+def test_verify_delivery_ignores_whitespace_around_header_values() -> None:
+    key = Ed25519PrivateKey.generate()
+    body = run_body("run-1")
+    headers = {k: f" {v} " for k, v in sign(key, body, request_id="run-1").items()}
+
+    run = verify_delivery(headers, body, [key.public_key()], now=NOW)
+
+    assert run["runId"] == "run-1"
 
 
 def test_verify_delivery_accepts_the_legacy_execution_id() -> None:
@@ -691,6 +707,7 @@ def test_public_keys_from_jwks_skips_entries_that_are_not_ed25519_signing_keys()
             {"kty": "OKP", "crv": "X25519", "x": x25519.rstrip("=")},
             {**jwk(Ed25519PrivateKey.generate()), "use": "enc"},
             {"kty": "OKP", "crv": "Ed25519", "x": "AAAA"},  # 3 bytes
+            {"kty": "OKP", "crv": "Ed25519", "x": "A" * 44},  # 33 bytes
             {"kty": "OKP", "crv": "Ed25519", "x": "not base64url!"},
             {"kty": "OKP", "crv": "Ed25519"},
             "not an object",

@@ -1,0 +1,85 @@
+"""Shared fixtures: scripted HTTP servers and the sandbox, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Scripted:
+    """A real aiohttp.web server on a free port, with the requests it received."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.requests: list[web.Request] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        @web.middleware
+        async def record(
+            request: web.Request,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        ) -> web.StreamResponse:
+            self.requests.append(request)
+            return await handler(request)
+
+        self.app.middlewares.append(record)
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[web.Application], Awaitable[Scripted]]]:
+    """Start scripted apps: `server = await serve(app)`; stopped after the test."""
+    started: list[Scripted] = []
+
+    async def start(app: web.Application) -> Scripted:
+        server = Scripted(app)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+class FakeTime:
+    """A clock that moves only when someone sleeps on it: retry tests never wait."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
