@@ -155,6 +155,7 @@ async def apply_async(
     target: Target | None = None,
     overrides: Overrides | None = None,
     progress: Callable[[Runner], Any] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> BatchResult:
     started = time.monotonic()
     overrides = overrides or Overrides()
@@ -163,7 +164,7 @@ async def apply_async(
     filename = parse_template(settings.filename)
     output_dir, manifest_path = _paths(loaded, settings)
 
-    async with connect(target or Target(), settings) as api:
+    async with connect(target or Target(), settings, retry=retry) as api:
         jobs, apps = await _expand(api.client, loaded, settings)
         with Manifest.open(manifest_path) as manifest:
             built = build_plan(
@@ -274,8 +275,13 @@ class Connection:
 
 
 @asynccontextmanager
-async def connect(target: Target, settings: Settings) -> AsyncIterator[Connection]:
-    """An API client (and storage session, and sandbox when asked), closed on exit."""
+async def connect(
+    target: Target, settings: Settings, *, retry: RetryPolicy | None = None
+) -> AsyncIterator[Connection]:
+    """An API client (and storage session, and sandbox when asked), closed on exit.
+
+    `retry` replaces the backoff policy built from the settings (tests pass a fast one).
+    """
     async with AsyncExitStack() as stack:
         sandbox = None
         if target.sandbox:
@@ -303,7 +309,7 @@ async def connect(target: Target, settings: Settings) -> AsyncIterator[Connectio
             aiohttp.ClientSession(connector=connector)
         )
         storage = await stack.enter_async_context(aiohttp.ClientSession())
-        retry = RetryPolicy(retries=settings.retries)
+        retry = retry or RetryPolicy(retries=settings.retries)
         budget = RequestBudget(settings.rate or DEFAULT_RATE)
         client = LaminaClient(
             base_url,

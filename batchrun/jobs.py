@@ -13,11 +13,11 @@ that did not change.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 
 from batchrun.apps import App, Parameter
 from batchrun.errors import SpecError
@@ -84,12 +84,23 @@ def job_key(
 
 
 def _digest(app_id: str, hashed_inputs: Mapping[str, str], repeat: int) -> str:
-    text = json.dumps(
-        {"app_id": app_id, "inputs": hashed_inputs, "repeat": repeat},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    members = ",".join(_member(k, hashed_inputs[k]) for k in sorted(hashed_inputs))
+    return _digest_text(_key_prefix(app_id), members, repeat)
+
+
+# The canonical JSON is json.dumps({"app_id", "inputs", "repeat"}, sort_keys=True,
+# ensure_ascii=False, separators=(",", ":")), assembled by hand from pre-encoded
+# members because planning 100,000 jobs through json.dumps costs a second.
+def _key_prefix(app_id: str) -> str:
+    return '{"app_id":' + encode_basestring(app_id) + ',"inputs":{'
+
+
+def _member(name: str, value: str) -> str:
+    return encode_basestring(name) + ":" + encode_basestring(value)
+
+
+def _digest_text(prefix: str, members: str, repeat: int) -> str:
+    text = prefix + members + '},"repeat":' + str(repeat) + "}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -108,18 +119,28 @@ def plan_jobs(
     jobs: list[Job] = []
     seen: set[str] = set()
     duplicates = 0
+    unnamed: dict[str, list[tuple[str, str]]] = {}
     for entry in spec.entries:
         app = apps.get(entry.index)
         if app is None:
             log.add(entry.where, entry.path, f"app {entry.app!r} was not resolved")
             continue
-        planner = _EntryPlanner(spec, entry, app, filename, log)
+        planner = _EntryPlanner(spec, entry, app, filename, log, unnamed)
         for job in planner.plan(cap):
             if job.key in seen:
                 duplicates += 1
                 continue
             seen.add(job.key)
             jobs.append(job)
+    for name, places in unnamed.items():
+        # One line per field, naming every entry, rather than one line per entry.
+        hints = {hint for _, hint in places}
+        hint = hints.pop() if len(hints) == 1 else ""
+        log.add(
+            spec.where("settings.filename"),
+            "settings.filename",
+            f"{{{name}}} has no value in {_and(p for p, _ in places)}{hint}",
+        )
     if len(jobs) > cap and not log:
         log.add(
             spec.display,
@@ -138,14 +159,19 @@ def plan_jobs(
     return jobs
 
 
+# Stands in for the Cell of a rendered value that passed its check (only a failed
+# check needs to say where the value came from).
+_NO_CELL = Cell("", "", "")
+
+
 class _Resolved:
     """A checked value plus what the job key hashes for it."""
 
-    __slots__ = ("checked", "hashed")
+    __slots__ = ("checked", "member")
 
-    def __init__(self, checked: Checked, hashed: str) -> None:
+    def __init__(self, checked: Checked, member: str) -> None:
         self.checked = checked
-        self.hashed = hashed
+        self.member = member  # '"name":"value"' as the key's canonical JSON has it
 
 
 @dataclass
@@ -153,9 +179,8 @@ class _Structure:
     """What checking an entry's names found, before any combination is looked at."""
 
     fixed: list[tuple[Parameter, FixedInput]] = field(default_factory=list)
-    blocking: bool = False  # planning the combinations would only repeat the problem
-    # Parameters suggested for a misspelt name: their "missing input" would say the
-    # same thing twice.
+    # Parameters not to report as missing: suggested for a misspelt name, or given by
+    # a fixed input whose template is broken (both reported already).
     suggested: set[str] = field(default_factory=set)
     # Names suggested for a misspelt template field count as used by a template.
     used: set[str] = field(default_factory=set)
@@ -172,9 +197,17 @@ class _EntryPlanner:
     """Plans the jobs of one entry: structure first, then every combination."""
 
     def __init__(
-        self, spec: Spec, entry: Entry, app: App, filename: Template, log: ProblemLog
+        self,
+        spec: Spec,
+        entry: Entry,
+        app: App,
+        filename: Template,
+        log: ProblemLog,
+        unnamed: dict[str, list[tuple[str, str]]],
     ) -> None:
         self.spec = spec
+        # file-name field -> (entry, suggestion) for each entry that cannot fill it
+        self.unnamed = unnamed
         self.entry = entry
         self.app = app
         self.filename = filename
@@ -197,10 +230,6 @@ class _EntryPlanner:
                 "raise settings.max_jobs or pass --max-jobs",
             )
             return []
-        if structure.blocking:
-            # A template naming something that does not exist makes every job wrong
-            # the same way: one line about the template beats a flood of consequences.
-            return []
         return self._plan_combinations(
             expand(entry.matrix), structure.fixed, structure.suggested
         )
@@ -219,22 +248,26 @@ class _EntryPlanner:
                 )
                 structure.note_suggestion(item.name, self.params)
                 continue
-            for name in sorted(item.template.fields - keys):
+            unknown = sorted(item.template.fields - keys)
+            for name in unknown:
                 log.add(item.where, item.path, self._unknown_field(name, sorted(keys)))
-                structure.blocking = True
                 structure.note_suggestion(name, keys, into=structure.used)
-            structure.fixed.append((parameter, item))
+            if unknown:
+                # Reported once here, rather than once per combination.
+                structure.suggested.add(parameter.name)
+            else:
+                structure.fixed.append((parameter, item))
 
-        defaults = {name for name, p in self.params.items() if p.has_default}
-        known = FILENAME_BUILTINS | keys | {i.name for i in entry.inputs} | defaults
+        # A parameter in the file name is fine: if a job lacks it, "missing input"
+        # says so.
+        known = (
+            FILENAME_BUILTINS | keys | {i.name for i in entry.inputs} | set(self.params)
+        )
         for name in sorted(self.filename.fields - known):
             hint = did_you_mean(name, sorted(known))
-            log.add(
-                self.spec.where("settings.filename"),
-                "settings.filename",
-                f"{{{name}}} has no value in {entry.path} ({app.name}){hint}",
+            self.unnamed.setdefault(name, []).append(
+                (f"{entry.path} ({app.name})", hint)
             )
-            structure.blocking = True
             structure.note_suggestion(name, known, into=structure.used)
 
         used = structure.used | self.filename.fields
@@ -250,7 +283,6 @@ class _EntryPlanner:
                     f"{declared.name!r} is a built-in file-name field "
                     f"({', '.join(sorted(FILENAME_BUILTINS))}); rename the variable",
                 )
-                structure.blocking = True
             elif declared.name not in used:
                 hint = did_you_mean(declared.name, list(self.params))
                 log.add(
@@ -280,7 +312,8 @@ class _EntryPlanner:
             hashed = checked.value
             if checked.file is not None:
                 hashed = f"sha256:{file_sha256(checked.file)}"
-            found = self._resolved[cache_key] = _Resolved(checked, hashed)
+            found = _Resolved(checked, _member(parameter.name, hashed))
+            self._resolved[cache_key] = found
         return found
 
     def _plan_combinations(
@@ -292,11 +325,12 @@ class _EntryPlanner:
         entry, app, log, params = self.entry, self.app, self.log, self.params
         repeat = entry.repeat
         templated = [(p, i) for p, i in fixed if i.template.fields]
-        constant: list[tuple[Parameter, Cell]] = [
-            (p, Cell(i.template.render({}), i.where, i.path))
-            for p, i in fixed
-            if not i.template.fields
-        ]
+        constant: list[tuple[Parameter, Cell, _Resolved]] = []
+        for parameter, item in fixed:
+            if not item.template.fields:
+                text = item.template.render({})
+                cell = Cell(text, item.where, item.path)
+                constant.append((parameter, cell, self._resolve(parameter, text)))
         required = [
             p for p in app.parameters if not p.has_default and p.name not in suggested
         ]
@@ -305,18 +339,29 @@ class _EntryPlanner:
             for p in app.parameters
             if p.default is not None
         }
-        filename_fields = self.filename.fields - FILENAME_BUILTINS
+        # Variables only: include-added combinations may lack them. (Unknown names
+        # and parameters are reported elsewhere.)
+        filename_fields = (self.filename.fields & entry.matrix.keys) - (
+            FILENAME_BUILTINS | params.keys()
+        )
         missing: dict[str, int] = {}
         jobs: list[Job] = []
+        prefix = _key_prefix(app.app_id)
+        # Cells are shared by every combination using that axis value, so their
+        # verdict is cached by identity; rendered templates go by (name, value).
+        by_cell: dict[int, _Resolved] = {}
         for combo in combos:
-            given: list[tuple[Parameter, Cell]] = list(constant)
+            given: list[tuple[Parameter, Cell, _Resolved]] = list(constant)
             names = dict(defaults)
             for key, cell in combo.items():
-                parameter = params.get(key)
-                if parameter is None:
+                target = params.get(key)
+                if target is None:
                     names[key] = cell.value
-                else:
-                    given.append((parameter, cell))
+                    continue
+                resolved = by_cell.get(id(cell))
+                if resolved is None:
+                    resolved = by_cell[id(cell)] = self._resolve(target, cell.value)
+                given.append((target, cell, resolved))
             valid = True
             if templated:
                 context = {k: c.value for k, c in combo.items()}
@@ -327,13 +372,17 @@ class _EntryPlanner:
                         valid = False
                         continue
                     text = item.template.render(context)
-                    given.append((parameter, Cell(text, item.where, item.path)))
+                    resolved = self._resolve(parameter, text)
+                    if resolved.checked.reason is None:
+                        given.append((parameter, _NO_CELL, resolved))
+                    else:
+                        cell = Cell(text, item.where, item.path)
+                        given.append((parameter, cell, resolved))
 
             inputs: dict[str, str] = {}
             files: dict[str, str] = {}
-            hashed: dict[str, str] = {}
-            for parameter, cell in given:
-                resolved = self._resolve(parameter, cell.value)
+            members: list[tuple[str, str]] = []
+            for parameter, cell, resolved in given:
                 checked = resolved.checked
                 names[parameter.name] = checked.name
                 if checked.reason is not None:
@@ -346,7 +395,7 @@ class _EntryPlanner:
                     valid = False
                     continue
                 inputs[parameter.name] = checked.value
-                hashed[parameter.name] = resolved.hashed
+                members.append((parameter.name, resolved.member))
                 if checked.file is not None:
                     files[parameter.name] = checked.file
             if valid:
@@ -356,23 +405,26 @@ class _EntryPlanner:
                             missing.get(parameter.name, 0) + repeat
                         )
                         valid = False
-            absent_names = filename_fields - names.keys()
-            if absent_names:
-                self._report_absent(
-                    self.spec.where("settings.filename"),
-                    "settings.filename",
-                    absent_names,
-                    repeat,
-                )
-                valid = False
+            if filename_fields:
+                absent_names = filename_fields - names.keys()
+                if absent_names:
+                    self._report_absent(
+                        self.spec.where("settings.filename"),
+                        "settings.filename",
+                        absent_names,
+                        repeat,
+                    )
+                    valid = False
             if not valid:
                 continue
+            members.sort()
+            body = ",".join([member for _, member in members])
             for r in range(repeat):
                 # Repeats get their own dicts: a caller may edit one job's inputs
                 # (e.g. swap a local path for an uploaded asset URL).
                 jobs.append(
                     Job(
-                        key=_digest(app.app_id, hashed, r),
+                        key=_digest_text(prefix, body, r),
                         app_id=app.app_id,
                         entry=entry.index,
                         inputs=inputs if r == 0 else dict(inputs),
@@ -403,3 +455,10 @@ class _EntryPlanner:
             "include?); give every combination a value",
             jobs=jobs,
         )
+
+
+def _and(items: Iterable[str]) -> str:
+    listed = list(items)
+    if len(listed) < 3:
+        return " and ".join(listed)
+    return ", ".join(listed[:-1]) + f" and {listed[-1]}"

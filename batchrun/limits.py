@@ -90,10 +90,6 @@ class RequestBudget:
         """Learn from a response's headers; returns the Retry-After delay of a 429."""
         remaining = _number(headers.get("RateLimit-Remaining"))
         reset = _number(headers.get("RateLimit-Reset"))
-        limit = _number(headers.get("RateLimit-Limit"))
-        if limit and limit < self.rate:
-            log.warning("rate_limit.lowered from=%s to=%s", self.rate, limit)
-            self.set_rate(limit)
         if remaining is not None and remaining <= 0 and reset is not None:
             self.pause(reset, "window")
         if status != 429:

@@ -194,7 +194,7 @@ class Manifest:
                 )
             self.headers.append(record)
         elif kind == "upload":
-            self.uploads[record["sha256"]] = record
+            self.uploads[record["sha256"]] = record  # the newest upload of a file wins
         elif kind == "job":
             self._apply_job(record, number)
         # Unknown record types come from newer versions; skipping them keeps resume safe.

@@ -349,7 +349,10 @@ class Runner:
                 if path not in digests:
                     digests[path] = file_digest(Path(path))[1]
         for digest, record in self.manifest.uploads.items():
-            self._assets[digest] = record["asset_url"]
+            # An asset belongs to the API it was uploaded through (a sandbox of an
+            # earlier process is gone, and its URLs with it).
+            if record.get("api") == self.client.base_url:
+                self._assets[digest] = record["asset_url"]
         todo = {
             digest: path for path, digest in digests.items() if digest not in self._assets
         }
@@ -372,6 +375,7 @@ class Runner:
                     [
                         {
                             "type": "upload",
+                            "api": self.client.base_url,
                             "path": path,
                             "sha256": digest,
                             "asset_url": grant["assetUrl"],

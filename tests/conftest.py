@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -83,3 +84,23 @@ class FakeTime:
 @pytest.fixture
 def fake_time() -> FakeTime:
     return FakeTime()
+
+
+PHOTOS = REPO / "examples" / "photos"
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Any]:
+    """A fast sandbox: runs take ~0.1 s and the rate limit is out of the way."""
+    from batchrun.sandbox import Sandbox, SandboxConfig
+
+    config = SandboxConfig(queue_seconds=0.02, run_seconds=(0.05, 0.15), rate_limit=10_000)
+    async with Sandbox(config) as running:
+        yield running
+
+
+def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
+    """A spec file in `folder`; `{photos}` in the text is the examples' photo folder."""
+    path = folder / name
+    path.write_text(text.replace("{photos}", str(PHOTOS)))
+    return path

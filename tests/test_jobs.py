@@ -510,6 +510,7 @@ def test_a_variable_named_like_a_builtin_is_refused(tmp_path):
         settings: {filename: "{index}-{key}{ext}"}
         jobs:
           - app: Cartoonify!
+            inputs: {Style: Ghibli}
             matrix: {index: [a, b]}
         """,
     )
@@ -517,7 +518,7 @@ def test_a_variable_named_like_a_builtin_is_refused(tmp_path):
     found = plan_problems(path)
 
     assert found == [
-        f"{path}:5:14: jobs[0].matrix: 'index' is a built-in file-name field (app, "
+        f"{path}:6:14: jobs[0].matrix: 'index' is a built-in file-name field (app, "
         "app_id, ext, index, key, output, repeat, run_id); rename the variable"
     ]
 

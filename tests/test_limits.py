@@ -46,14 +46,6 @@ async def test_remaining_zero_waits_for_the_reset(fake_time):
     assert fake_time.slept == [12]
 
 
-def test_a_lower_server_limit_lowers_the_rate():
-    budget = RequestBudget(100)
-
-    budget.observe(200, {"RateLimit-Limit": "60", "RateLimit-Remaining": "59"})
-
-    assert budget.rate == 60
-
-
 @pytest.mark.parametrize(
     ("header", "expected"),
     [("3", 3.0), ("0", 0.0), (" 2.5 ", 2.5), ("soon", None), ("", None), (None, None)],

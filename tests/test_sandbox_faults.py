@@ -261,7 +261,7 @@ async def test_sse_in_one_byte_chunks_splits_utf8_and_still_parses(sandbox, http
     assert text.startswith("event: complete\ndata: ")
     data = json.loads(text.split("\n")[1].removeprefix("data: "))
     assert data["runId"] == run_id
-    assert chunks > 1
+    assert chunks > len(raw) // 10  # really many small reads, not one
 
 
 # -- the admin route -------------------------------------------------------------------

@@ -360,8 +360,13 @@ def test_quick_reel_scenes_differ_and_follow_the_style(catalog: dict[str, Sandbo
 
 @pytest.mark.parametrize(
     "data",
-    [b"<html>404 Not Found</html>", b"", b"\x89PNG\r\n\x1a\n" + b"\0" * 40],
-    ids=["html", "empty", "truncated-png"],
+    [
+        b"<html>404 Not Found</html>",
+        b"",
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 40,
+        PHOTO[: len(PHOTO) // 2],
+    ],
+    ids=["html", "empty", "png-signature-only", "png-cut-in-half"],
 )
 def test_non_image_media_raises_render_error(
     catalog: dict[str, SandboxApp], data: bytes

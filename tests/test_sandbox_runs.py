@@ -424,3 +424,33 @@ async def test_a_url_that_is_not_an_image_errors_the_output(http, image_host):
 
     assert run["status"] == "failed"
     assert "not a readable image" in run["outputs"][0]["error"]
+
+
+async def test_stopping_the_sandbox_ends_open_streams_and_long_polls_at_once():
+    config = SandboxConfig(queue_seconds=0, run_seconds=(100, 100))
+    sandbox = Sandbox(config)
+    await sandbox.start()
+    async with await client(sandbox) as http:
+        run_id = await start_run(http, CATALOG_ID, {})
+        listener = asyncio.create_task(stream(http, run_id))
+        async with asyncio.timeout(5):
+            while sandbox.stats.requests["stream_run"] == 0:
+                await asyncio.sleep(0.01)
+        waiter = asyncio.create_task(
+            http.get(f"/v1/runs/{run_id}/wait", params={"timeout": "120"})
+        )
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        await sandbox.close()
+        events = await listener
+        waited = await waiter
+        body = await waited.json()
+        took = loop.time() - started
+
+    assert took < 0.2
+    assert events
+    assert {name for name, _ in events} == {"progress"}  # ended, no final event
+    assert waited.status == 200
+    assert body["timeout"] is True

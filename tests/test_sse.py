@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -491,21 +491,14 @@ def test_decoding_streams_byte_by_byte_gives_back_the_events(
 # -- over real HTTP --------------------------------------------------------------------
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Serve = Callable[[web.Application], Awaitable[Any]]  # conftest's `serve` fixture
 
 
-@asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[str]:
+async def serve_stream(serve: Serve, handler: Handler) -> str:
     app = web.Application()
     app.router.add_get("/v1/runs/r1/stream", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}/v1/runs/r1/stream"
-    finally:
-        await runner.cleanup()
+    server = await serve(app)
+    return str(server.url) + "/v1/runs/r1/stream"
 
 
 RUN = {
@@ -535,7 +528,9 @@ def tiny_chunks(stream: bytes) -> list[bytes]:
     return chunks
 
 
-async def test_iter_events_reads_a_stream_written_in_tiny_chunks() -> None:
+async def test_iter_events_reads_a_stream_written_in_tiny_chunks(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -545,11 +540,9 @@ async def test_iter_events_reads_a_stream_written_in_tiny_chunks() -> None:
         await response.write_eof()
         return response
 
-    async with (
-        serving(handler) as url,
-        aiohttp.ClientSession() as session,
-        session.get(url) as response,
-    ):
+    url = await serve_stream(serve, handler)
+
+    async with http.get(url) as response:
         events = [event async for event in iter_events(response.content)]
 
     assert [(e.event, e.json()) for e in events] == [
@@ -559,7 +552,9 @@ async def test_iter_events_reads_a_stream_written_in_tiny_chunks() -> None:
     ]
 
 
-async def test_iter_events_raises_transport_error_when_the_connection_breaks() -> None:
+async def test_iter_events_raises_transport_error_when_the_connection_breaks(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
     async def handler(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -568,12 +563,10 @@ async def test_iter_events_raises_transport_error_when_the_connection_breaks() -
         request.transport.close()  # mid-chunked-body: the client sees a broken payload
         return response
 
+    url = await serve_stream(serve, handler)
     received: list[Event] = []
-    async with (
-        serving(handler) as url,
-        aiohttp.ClientSession() as session,
-        session.get(url) as response,
-    ):
+
+    async with http.get(url) as response:
         with pytest.raises(TransportError, match="broke off"):
             async for event in iter_events(response.content):
                 received.append(event)

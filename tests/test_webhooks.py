@@ -28,6 +28,7 @@ from batchrun.webhooks import (
     public_keys_from_jwks,
     verify_delivery,
 )
+from tests.conftest import FakeTime
 
 NOW = 1_774_268_560
 
@@ -76,14 +77,6 @@ def sign(
 
 
 @dataclass
-class Clock:
-    now: float = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
 class Lamina:
     """The scripted Lamina side: its signing keys and its signing-key endpoint."""
 
@@ -105,28 +98,23 @@ class Lamina:
         return web.json_response(self.jwks)
 
 
+Serve = Callable[[web.Application], Awaitable[Any]]  # conftest's `serve` fixture
+
+
 @pytest.fixture
-async def lamina() -> AsyncIterator[Lamina]:
+async def lamina(serve: Serve) -> Lamina:
     lamina = Lamina()
     app = web.Application()
     app.router.add_get("/v1/webhooks/signing-key", lamina.signing_key)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    lamina.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/webhooks/signing-key"
-    yield lamina
-    await runner.cleanup()
+    server = await serve(app)
+    lamina.url = server.url + "/v1/webhooks/signing-key"
+    return lamina
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock(fake_time: FakeTime) -> FakeTime:
+    fake_time.now = NOW
+    return fake_time
 
 
 @pytest.fixture
@@ -140,12 +128,12 @@ Start = Callable[..., Awaitable[WebhookReceiver]]
 @pytest.fixture
 async def start(
     lamina: Lamina,
-    session: aiohttp.ClientSession,
-    clock: Clock,
+    http: aiohttp.ClientSession,
+    clock: FakeTime,
     runs: list[dict[str, Any]],
 ) -> AsyncIterator[Start]:
     async def fetch_keys() -> dict[str, Any]:
-        async with session.get(lamina.url) as response:
+        async with http.get(lamina.url) as response:
             response.raise_for_status()
             return dict(await response.json())
 
@@ -153,19 +141,21 @@ async def start(
 
         async def start(**options: Any) -> WebhookReceiver:
             options.setdefault("on_run", runs.append)
-            receiver = WebhookReceiver(fetch_keys=fetch_keys, clock=clock, **options)
+            receiver = WebhookReceiver(
+                fetch_keys=fetch_keys, clock=clock.clock, **options
+            )
             return await stack.enter_async_context(receiver)
 
         yield start
 
 
 async def post(
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     receiver: WebhookReceiver,
     body: bytes,
     headers: dict[str, str],
 ) -> tuple[int, str]:
-    async with session.post(receiver.local_url, data=body, headers=headers) as response:
+    async with http.post(receiver.local_url, data=body, headers=headers) as response:
         return response.status, await response.text()
 
 
@@ -173,13 +163,13 @@ async def post(
 
 
 async def test_a_genuine_delivery_is_accepted_and_passed_on_once(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, runs: list[Any]
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, runs: list[Any]
 ) -> None:
     receiver = await start()
     body = run_body("run-1")
 
     status, _ = await post(
-        session, receiver, body, sign(lamina.key, body, request_id="run-1")
+        http, receiver, body, sign(lamina.key, body, request_id="run-1")
     )
 
     assert status == 200
@@ -188,7 +178,7 @@ async def test_a_genuine_delivery_is_accepted_and_passed_on_once(
 
 
 async def test_an_async_on_run_is_awaited(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession
 ) -> None:
     seen: list[str] = []
 
@@ -200,34 +190,34 @@ async def test_an_async_on_run_is_awaited(
     body = run_body("run-1")
 
     status, _ = await post(
-        session, receiver, body, sign(lamina.key, body, request_id="run-1")
+        http, receiver, body, sign(lamina.key, body, request_id="run-1")
     )
 
     assert (status, seen) == (200, ["run-1"])
 
 
 async def test_a_signature_by_another_key_is_rejected(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, runs: list[Any]
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, runs: list[Any]
 ) -> None:
     receiver = await start()
     body = run_body("run-1")
     forged = sign(Ed25519PrivateKey.generate(), body, request_id="run-1")
 
-    status, _ = await post(session, receiver, body, forged)
+    status, _ = await post(http, receiver, body, forged)
 
     assert (status, runs) == (401, [])
     assert receiver.stats.rejected == {"bad_signature": 1}
 
 
 async def test_a_tampered_body_is_rejected(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, runs: list[Any]
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, runs: list[Any]
 ) -> None:
     receiver = await start()
     signed = run_body("run-1", status="failed")
     headers = sign(lamina.key, signed, request_id="run-1")
     tampered = signed.replace(b'"failed"', b'"completed"')
 
-    status, _ = await post(session, receiver, tampered, headers)
+    status, _ = await post(http, receiver, tampered, headers)
 
     assert (status, runs) == (401, [])
     assert receiver.stats.rejected == {"bad_signature": 1}
@@ -241,7 +231,7 @@ async def test_a_tampered_body_is_rejected(
 async def test_timestamps_more_than_300s_from_now_are_rejected(
     start: Start,
     lamina: Lamina,
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     runs: list[Any],
     offset: int,
     expected: int,
@@ -250,7 +240,7 @@ async def test_timestamps_more_than_300s_from_now_are_rejected(
     body = run_body("run-1")
     headers = sign(lamina.key, body, request_id="run-1", timestamp=NOW + offset)
 
-    status, _ = await post(session, receiver, body, headers)
+    status, _ = await post(http, receiver, body, headers)
 
     assert (status, len(runs)) == (expected, 1 if expected == 200 else 0)
     assert receiver.stats.rejected == (
@@ -261,19 +251,19 @@ async def test_timestamps_more_than_300s_from_now_are_rejected(
 async def test_a_replayed_or_retried_delivery_is_acknowledged_but_not_passed_on(
     start: Start,
     lamina: Lamina,
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     runs: list[Any],
-    clock: Clock,
+    clock: FakeTime,
 ) -> None:
     receiver = await start()
     body = run_body("run-1")
     first = sign(lamina.key, body, request_id="run-1")
     retry = sign(lamina.key, body, request_id="run-1", timestamp=NOW + 30)
 
-    statuses = [(await post(session, receiver, body, first))[0]]
-    statuses.append((await post(session, receiver, body, first))[0])
+    statuses = [(await post(http, receiver, body, first))[0]]
+    statuses.append((await post(http, receiver, body, first))[0])
     clock.now = NOW + 31
-    statuses.append((await post(session, receiver, body, retry))[0])
+    statuses.append((await post(http, receiver, body, retry))[0])
 
     assert statuses == [200, 200, 200]
     assert len(runs) == 1
@@ -281,27 +271,27 @@ async def test_a_replayed_or_retried_delivery_is_acknowledged_but_not_passed_on(
 
 
 async def test_a_forged_delivery_of_a_seen_run_is_still_rejected(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession
 ) -> None:
     receiver = await start()
     body = run_body("run-1")
-    await post(session, receiver, body, sign(lamina.key, body, request_id="run-1"))
+    await post(http, receiver, body, sign(lamina.key, body, request_id="run-1"))
     forged = sign(Ed25519PrivateKey.generate(), body, request_id="run-1")
 
-    status, _ = await post(session, receiver, body, forged)
+    status, _ = await post(http, receiver, body, forged)
 
     assert status == 401
     assert receiver.stats.duplicates == 0
 
 
 async def test_a_request_id_other_than_the_run_id_is_rejected(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, runs: list[Any]
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, runs: list[Any]
 ) -> None:
     receiver = await start()
     body = run_body("run-1")
 
     status, _ = await post(
-        session, receiver, body, sign(lamina.key, body, request_id="run-2")
+        http, receiver, body, sign(lamina.key, body, request_id="run-2")
     )
 
     assert (status, runs) == (400, [])
@@ -316,20 +306,20 @@ def rotate(lamina: Lamina) -> None:
 async def test_a_rotated_key_is_refetched_once_and_then_accepted(
     start: Start,
     lamina: Lamina,
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     runs: list[Any],
-    clock: Clock,
+    clock: FakeTime,
 ) -> None:
     receiver = await start()
     old_body = run_body("run-1")
     old_headers = sign(lamina.key, old_body, request_id="run-1")
-    await post(session, receiver, old_body, old_headers)
+    await post(http, receiver, old_body, old_headers)
     rotate(lamina)
     clock.now = NOW + 60
     body = run_body("run-2")
     headers = sign(lamina.key, body, request_id="run-2", timestamp=NOW + 60)
 
-    status, _ = await post(session, receiver, body, headers)
+    status, _ = await post(http, receiver, body, headers)
 
     assert status == 200
     assert [run["runId"] for run in runs] == ["run-1", "run-2"]
@@ -337,7 +327,7 @@ async def test_a_rotated_key_is_refetched_once_and_then_accepted(
 
 
 async def test_keys_are_refetched_at_most_once_per_minute(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, clock: Clock
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, clock: FakeTime
 ) -> None:
     receiver = await start()
     await receiver.load_keys()
@@ -348,14 +338,14 @@ async def test_keys_are_refetched_at_most_once_per_minute(
     for now in (NOW + 59, NOW + 61, NOW + 62, NOW + 120, NOW + 122):
         clock.now = now
         headers = sign(stranger, body, request_id="run-1", timestamp=now)
-        statuses.append((await post(session, receiver, body, headers))[0])
+        statuses.append((await post(http, receiver, body, headers))[0])
 
     assert statuses == [401] * 5
     assert lamina.fetches == 3  # load_keys, then at +61 and +122 only
 
 
 async def test_a_stale_or_malformed_delivery_does_not_trigger_a_refetch(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, clock: Clock
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, clock: FakeTime
 ) -> None:
     receiver = await start()
     await receiver.load_keys()
@@ -365,7 +355,7 @@ async def test_a_stale_or_malformed_delivery_does_not_trigger_a_refetch(
     garbled = sign(lamina.key, body, request_id="run-1", timestamp=NOW + 3600)
     garbled["X-Lamina-Webhook-Signature"] = "zz"
 
-    statuses = [(await post(session, receiver, body, h))[0] for h in (stale, garbled)]
+    statuses = [(await post(http, receiver, body, h))[0] for h in (stale, garbled)]
 
     assert statuses == [401, 401]
     assert receiver.stats.rejected == {"stale_timestamp": 1, "bad_signature": 1}
@@ -375,9 +365,9 @@ async def test_a_stale_or_malformed_delivery_does_not_trigger_a_refetch(
 async def test_concurrent_deliveries_with_a_new_key_share_one_refetch(
     start: Start,
     lamina: Lamina,
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     runs: list[Any],
-    clock: Clock,
+    clock: FakeTime,
 ) -> None:
     receiver = await start()
     await receiver.load_keys()
@@ -387,7 +377,7 @@ async def test_concurrent_deliveries_with_a_new_key_share_one_refetch(
     for run_id in ("run-0", "run-1", "run-2"):
         body = run_body(run_id)
         headers = sign(lamina.key, body, request_id=run_id, timestamp=NOW + 60)
-        deliveries.append(post(session, receiver, body, headers))
+        deliveries.append(post(http, receiver, body, headers))
 
     results = await asyncio.gather(*deliveries)
 
@@ -396,7 +386,7 @@ async def test_concurrent_deliveries_with_a_new_key_share_one_refetch(
 
 
 async def test_a_jwks_with_several_keys_accepts_a_signature_by_the_second(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, runs: list[Any]
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, runs: list[Any]
 ) -> None:
     second = Ed25519PrivateKey.generate()
     lamina.jwks = {
@@ -409,9 +399,7 @@ async def test_a_jwks_with_several_keys_accepts_a_signature_by_the_second(
     receiver = await start()
     body = run_body("run-1")
 
-    status, _ = await post(
-        session, receiver, body, sign(second, body, request_id="run-1")
-    )
+    status, _ = await post(http, receiver, body, sign(second, body, request_id="run-1"))
 
     assert (status, len(runs), lamina.fetches) == (200, 1, 1)
 
@@ -428,7 +416,7 @@ async def test_a_jwks_with_several_keys_accepts_a_signature_by_the_second(
 async def test_a_delivery_missing_a_header_is_rejected(
     start: Start,
     lamina: Lamina,
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     runs: list[Any],
     header: str,
 ) -> None:
@@ -437,7 +425,7 @@ async def test_a_delivery_missing_a_header_is_rejected(
     headers = sign(lamina.key, body, request_id="run-1")
     del headers[header]
 
-    status, _ = await post(session, receiver, body, headers)
+    status, _ = await post(http, receiver, body, headers)
 
     assert (status, runs) == (400, [])
     assert receiver.stats.rejected == {"missing_header": 1}
@@ -445,14 +433,14 @@ async def test_a_delivery_missing_a_header_is_rejected(
 
 @pytest.mark.parametrize("timestamp", ["soon", "1774268560.5", "-1", ""], ids=repr)
 async def test_a_timestamp_that_is_not_unix_seconds_is_rejected(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, timestamp: str
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, timestamp: str
 ) -> None:
     receiver = await start()
     body = run_body("run-1")
     headers = {**sign(lamina.key, body, request_id="run-1")}
     headers["X-Lamina-Webhook-Timestamp"] = timestamp
 
-    status, _ = await post(session, receiver, body, headers)
+    status, _ = await post(http, receiver, body, headers)
 
     reason = "missing_header" if not timestamp else "bad_timestamp"
     assert (status, receiver.stats.rejected) == (400, {reason: 1})
@@ -464,25 +452,23 @@ async def test_a_timestamp_that_is_not_unix_seconds_is_rejected(
     ids=["not-json", "array", "no-data", "no-run-id"],
 )
 async def test_a_signed_but_malformed_body_is_rejected(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, body: bytes
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, body: bytes
 ) -> None:
     receiver = await start()
 
-    status, _ = await post(
-        session, receiver, body, sign(lamina.key, body, request_id="r")
-    )
+    status, _ = await post(http, receiver, body, sign(lamina.key, body, request_id="r"))
 
     assert (status, receiver.stats.rejected) == (400, {"bad_body": 1})
 
 
 async def test_a_body_over_the_size_cap_is_rejected_413(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, runs: list[Any]
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, runs: list[Any]
 ) -> None:
     receiver = await start(max_body=1024)
     body = run_body("run-1") + b" " * 2048
     headers = sign(lamina.key, body, request_id="run-1")
 
-    status, _ = await post(session, receiver, body, headers)
+    status, _ = await post(http, receiver, body, headers)
 
     assert (status, runs) == (413, [])
     assert receiver.stats.rejected == {"too_large": 1}
@@ -491,7 +477,7 @@ async def test_a_body_over_the_size_cap_is_rejected_413(
 async def test_rejections_are_logged_without_the_body_or_signature(
     start: Start,
     lamina: Lamina,
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -500,7 +486,7 @@ async def test_rejections_are_logged_without_the_body_or_signature(
     forged = sign(Ed25519PrivateKey.generate(), body, request_id="run-1")
     mismatched = sign(lamina.key, body, request_id="run-9")
 
-    answers = [await post(session, receiver, body, h) for h in (forged, mismatched)]
+    answers = [await post(http, receiver, body, h) for h in (forged, mismatched)]
 
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [status for status, _ in answers] == [401, 400]
@@ -514,7 +500,7 @@ async def test_rejections_are_logged_without_the_body_or_signature(
 async def test_an_on_run_failure_is_answered_500_and_the_retry_is_passed_on(
     start: Start,
     lamina: Lamina,
-    session: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls: list[str] = []
@@ -528,8 +514,8 @@ async def test_an_on_run_failure_is_answered_500_and_the_retry_is_passed_on(
     body = run_body("run-1")
     headers = sign(lamina.key, body, request_id="run-1")
 
-    first = await post(session, receiver, body, headers)
-    retry = await post(session, receiver, body, headers)
+    first = await post(http, receiver, body, headers)
+    retry = await post(http, receiver, body, headers)
 
     assert (first[0], retry[0], calls) == (500, 200, ["run-1", "run-1"])
     assert (receiver.stats.failed, receiver.stats.accepted) == (1, 1)
@@ -537,7 +523,7 @@ async def test_an_on_run_failure_is_answered_500_and_the_retry_is_passed_on(
 
 
 async def test_a_retry_arriving_while_on_run_is_busy_is_not_passed_on_again(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession
 ) -> None:
     entered, release = asyncio.Event(), asyncio.Event()
     calls: list[str] = []
@@ -550,9 +536,9 @@ async def test_a_retry_arriving_while_on_run_is_busy_is_not_passed_on_again(
     receiver = await start(on_run=on_run)
     body = run_body("run-1")
     headers = sign(lamina.key, body, request_id="run-1")
-    first = asyncio.create_task(post(session, receiver, body, headers))
+    first = asyncio.create_task(post(http, receiver, body, headers))
     await entered.wait()
-    retry = asyncio.create_task(post(session, receiver, body, headers))
+    retry = asyncio.create_task(post(http, receiver, body, headers))
     await asyncio.sleep(0.05)  # let the retry reach the receiver while on_run waits
     release.set()
 
@@ -563,48 +549,46 @@ async def test_a_retry_arriving_while_on_run_is_busy_is_not_passed_on_again(
 
 
 async def test_the_dedup_memory_is_bounded(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, runs: list[Any]
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, runs: list[Any]
 ) -> None:
     receiver = await start(remember=2)
 
     for run_id in ("run-1", "run-2", "run-3", "run-1", "run-3"):
         body = run_body(run_id)
-        await post(session, receiver, body, sign(lamina.key, body, request_id=run_id))
+        await post(http, receiver, body, sign(lamina.key, body, request_id=run_id))
 
     assert [run["runId"] for run in runs] == ["run-1", "run-2", "run-3", "run-1"]
     assert receiver.stats.duplicates == 1
 
 
 async def test_keys_are_fetched_lazily_on_the_first_delivery_then_cached(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession
 ) -> None:
     receiver = await start()
     fetches_before = lamina.fetches
 
     for run_id in ("run-1", "run-2"):
         body = run_body(run_id)
-        await post(session, receiver, body, sign(lamina.key, body, request_id=run_id))
+        await post(http, receiver, body, sign(lamina.key, body, request_id=run_id))
 
     assert (fetches_before, lamina.fetches, receiver.stats.accepted) == (0, 1, 2)
 
 
 async def test_deliveries_are_answered_503_until_the_keys_can_be_fetched(
-    start: Start, lamina: Lamina, session: aiohttp.ClientSession, clock: Clock
+    start: Start, lamina: Lamina, http: aiohttp.ClientSession, clock: FakeTime
 ) -> None:
     lamina.down = True
     receiver = await start()
     body = run_body("run-1")
 
-    down = await post(
-        session, receiver, body, sign(lamina.key, body, request_id="run-1")
-    )
+    down = await post(http, receiver, body, sign(lamina.key, body, request_id="run-1"))
     still_down = await post(
-        session, receiver, body, sign(lamina.key, body, request_id="run-1")
+        http, receiver, body, sign(lamina.key, body, request_id="run-1")
     )
     lamina.down = False
     clock.now = NOW + 60
     later = sign(lamina.key, body, request_id="run-1", timestamp=NOW + 60)
-    back = await post(session, receiver, body, later)
+    back = await post(http, receiver, body, later)
 
     assert [down[0], still_down[0], back[0]] == [503, 503, 200]
     assert lamina.fetches == 2  # not refetched for the second delivery, within 60 s

@@ -88,7 +88,7 @@ class Run:
     completed_at: datetime | None = None
     version: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-    _subscribers: list[asyncio.Queue[dict[str, Any]]] = field(
+    _subscribers: list[asyncio.Queue[dict[str, Any] | None]] = field(
         default_factory=list, repr=False
     )
 
@@ -107,13 +107,23 @@ class Run:
             for queue in self._subscribers:
                 queue.put_nowait(snapshot)
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+    def wake(self) -> None:
+        """Wake every waiter without a change (the sandbox is shutting down).
+
+        Subscribers receive None, meaning "stop listening".
+        """
+        self._changed.set()
+        self._changed = asyncio.Event()
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         """A queue that receives the run object after every change, none missed."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._subscribers.append(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         """Stop feeding `queue` (a stream ended)."""
         if queue in self._subscribers:
             self._subscribers.remove(queue)
@@ -210,6 +220,11 @@ class RunStore:
     def get(self, run_id: str) -> Run | None:
         """The run with this id, or None."""
         return self._runs.get(run_id)
+
+    def wake_all(self) -> None:
+        """Release every long-poll and stream (see Run.wake)."""
+        for run in self._runs.values():
+            run.wake()
 
     def query(
         self,

@@ -94,6 +94,8 @@ class ApiContext:
     limiter: FixedWindowLimiter
     account: Account
     rng: random.Random = field(default_factory=random.Random)
+    # Set when the sandbox stops, so long-polls answer and streams end at once.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def build_api_app(ctx: ApiContext) -> web.Application:
@@ -318,7 +320,7 @@ class _Api:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ctx.config.scaled(seconds)
-        while not run.terminal:
+        while not run.terminal and not self.ctx.closing.is_set():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -349,7 +351,7 @@ class _Api:
         self,
         response: web.StreamResponse,
         run: Run,
-        queue: asyncio.Queue[dict[str, Any]],
+        queue: asyncio.Queue[dict[str, Any] | None],
     ) -> None:
         config = self.ctx.config
         if run.terminal:
@@ -377,6 +379,8 @@ class _Api:
                 )
             except TimeoutError:
                 continue
+            if snapshot is None:
+                return  # the sandbox is stopping
             if snapshot["status"] in TERMINAL_STATUSES:
                 await self._event(response, _final_event(snapshot["status"]), snapshot)
                 return

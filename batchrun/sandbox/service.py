@@ -72,6 +72,7 @@ class Sandbox:
         self._session: aiohttp.ClientSession | None = None
         self._simulator: RunSimulator | None = None
         self._webhooks: WebhookSender | None = None
+        self._context: ApiContext | None = None
         self.base_url = ""
         self.storage_url = ""
 
@@ -150,6 +151,7 @@ class Sandbox:
             account=Account(balance=config.credits),
             rng=rng,
         )
+        self._context = context
         self.base_url = await self._serve(build_api_app(context), self.port)
         logger.info(
             "sandbox.started api=%s storage=%s apps=%d",
@@ -160,6 +162,9 @@ class Sandbox:
 
     async def close(self) -> None:
         """Stop runs, webhook deliveries and both sites; safe to call twice."""
+        if self._context is not None:
+            self._context.closing.set()
+            self.store.wake_all()
         if self._simulator is not None:
             await self._simulator.close()
         if self._webhooks is not None:
