@@ -341,8 +341,8 @@ async def _learn_rate(client: LaminaClient) -> None:
         log.info("rate.learned %.0f requests per minute", client.budget.rate)
 
 
-async def resolve_apps(client: LaminaClient, spec: Spec) -> dict[int, App]:
-    """The app of every spec entry, by ID or by exact name; every problem at once."""
+async def resolve_apps(client: LaminaClient, spec: Spec) -> tuple[dict[int, App], list[Problem]]:
+    """The app of every spec entry, by ID or by exact name, and the entries' problems."""
     problems: list[Problem] = []
     by_text: dict[str, App | None] = {}
     resolved: dict[int, App] = {}
@@ -356,9 +356,7 @@ async def resolve_apps(client: LaminaClient, spec: Spec) -> dict[int, App]:
         app = by_text[entry.app]
         if app is not None:
             resolved[entry.index] = app
-    if problems:
-        raise SpecError(problems)
-    return resolved
+    return resolved, problems
 
 
 class _Unresolved(Exception):
@@ -400,10 +398,26 @@ def _closest(text: str, names: list[str]) -> str | None:
 async def _expand(
     client: LaminaClient, spec: Spec, settings: Settings
 ) -> tuple[list[Job], dict[str, App]]:
-    by_entry = await resolve_apps(client, spec)
-    jobs = plan_jobs(spec, by_entry, max_jobs=settings.max_jobs)
+    """Every job of the spec, validated; all problems (apps and jobs) raised at once."""
+    by_entry, problems = await resolve_apps(client, spec)
+    known = replace(spec, entries=tuple(e for e in spec.entries if e.index in by_entry))
+    try:
+        jobs = plan_jobs(known, by_entry, max_jobs=settings.max_jobs)
+    except SpecError as exc:
+        problems += exc.problems
+    if problems:
+        raise SpecError(sorted(problems, key=_position))
     apps = {app.app_id: app for app in by_entry.values()}
     return jobs, apps
+
+
+def _position(problem: Problem) -> tuple[int, int]:
+    """Sort key: a problem's line and column in the spec."""
+    parts = problem.where.rsplit(":", 2)
+    try:
+        return int(parts[-2]), int(parts[-1])
+    except (IndexError, ValueError):
+        return (0, 0)
 
 
 # -- the manifest's bookkeeping ---------------------------------------------------------------

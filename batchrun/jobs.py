@@ -284,7 +284,10 @@ class _EntryPlanner:
                     f"({', '.join(sorted(FILENAME_BUILTINS))}); rename the variable",
                 )
             elif declared.name not in used:
-                hint = did_you_mean(declared.name, list(self.params))
+                hint = did_you_mean(declared.name, list(self.params)) or (
+                    "; use it in a template (an input or settings.filename) or "
+                    "remove it"
+                )
                 log.add(
                     declared.where,
                     declared.path,
@@ -447,12 +450,13 @@ class _EntryPlanner:
     def _report_absent(
         self, where: str, path: str, absent: frozenset[str] | set[str], jobs: int
     ) -> None:
-        names = ", ".join(f"{{{n}}}" for n in sorted(absent))
+        names = _and(f"{{{n}}}" for n in sorted(absent))
+        verb = "has" if len(absent) == 1 else "have"
         self.log.add(
             where,
             path,
-            f"{names} has no value in some combinations of {self.entry.path} (added by "
-            "include?); give every combination a value",
+            f"{names} {verb} no value in some combinations of {self.entry.path} "
+            "(added by include?); give every combination a value",
             jobs=jobs,
         )
 

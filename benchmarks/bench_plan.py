@@ -18,6 +18,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -26,7 +27,7 @@ from batchrun.errors import SpecError
 from batchrun.jobs import plan_jobs
 from batchrun.spec import load_spec
 
-CARTOONIFY = {
+CARTOONIFY: dict[str, Any] = {
     "appId": "3f68debe-df0a-4fc9-bdd3-9d45a4160587",
     "name": "Cartoonify!",
     "parameters": [
@@ -39,7 +40,7 @@ CARTOONIFY = {
     ],
 }  # fmt: skip
 
-CATALOG = {
+CATALOG: dict[str, Any] = {
     "appId": "0b7c5a34-6a1e-4d0c-9a57-1c2f3e4d5a6b",
     "name": "Example Catalog App",
     "parameters": [
@@ -51,7 +52,7 @@ CATALOG = {
 }  # fmt: skip
 
 
-def build(folder: Path, scenario: str) -> tuple[Path, dict]:
+def build(folder: Path, scenario: str) -> tuple[Path, dict[str, Any]]:
     """Write the scenario's spec (and value files) into `folder`."""
     if scenario == "urls":
         urls = "\n".join(f"https://cdn.example.com/p/{n:05d}.png" for n in range(5_000))

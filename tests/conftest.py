@@ -104,3 +104,62 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     path = folder / name
     path.write_text(text.replace("{photos}", str(PHOTOS)))
     return path
+
+
+class ThreadedSandbox:
+    """A sandbox serving from its own thread and loop, for tests that run the CLI."""
+
+    def __init__(self, **options: Any) -> None:
+        import asyncio
+        import threading
+
+        self._options = options
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self.sandbox: Any = None
+
+    def _main(self) -> None:
+        import asyncio
+
+        from batchrun.sandbox import Sandbox, SandboxConfig
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            async with Sandbox(SandboxConfig(**self._options)) as sandbox:
+                self.sandbox = sandbox
+                self._ready.set()
+                await self._stop.wait()
+
+        asyncio.run(serve())
+
+    def start(self) -> ThreadedSandbox:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the sandbox did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def env(self) -> dict[str, str]:
+        import os
+
+        return {
+            **os.environ,
+            "LAMINA_BASE_URL": self.sandbox.base_url,
+            "LAMINA_API_KEY": self.sandbox.api_key,
+        }
+
+
+@pytest.fixture
+def threaded_sandbox() -> Any:
+    running = ThreadedSandbox(
+        queue_seconds=0.02, run_seconds=(0.05, 0.15), rate_limit=10_000
+    ).start()
+    yield running
+    running.stop()

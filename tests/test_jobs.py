@@ -1,5 +1,7 @@
 """plan_jobs: from a spec to validated jobs, with stable keys and clear errors."""
 
+import hashlib
+import json
 import textwrap
 import time
 from pathlib import Path
@@ -684,3 +686,67 @@ def test_planned_keys_equal_job_key(tmp_path):
     job = plan(path)[0]
 
     assert job.key == job_key(job.app_id, job.inputs, job.files, job.repeat)
+
+
+def test_a_misspelt_required_name_is_reported_once(tmp_path):
+    path = write_spec(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - app: Cartoonify!
+            inputs: {style: Ghibli}
+        """,
+    )
+
+    found = plan_problems(path)
+
+    assert found == [
+        f"{path}:4:14: jobs[0].inputs: 'style' is not a parameter of Cartoonify!; did "
+        "you mean 'Style' (different case)?"
+    ]
+
+
+def test_a_filename_field_missing_in_several_entries_is_one_line(tmp_path):
+    path = write_spec(
+        tmp_path,
+        """
+        version: 1
+        settings: {filename: "{photo}{ext}"}
+        jobs:
+          - app: Cartoonify!
+            inputs: {Style: Ghibli}
+          - app: Cartoonify!
+            inputs: {Style: Simpsons}
+        """,
+    )
+
+    found = plan_problems(path)
+
+    assert found == [
+        f"{path}:2:22: settings.filename: {{photo}} has no value in jobs[0] "
+        "(Cartoonify!) and jobs[1] (Cartoonify!)"
+    ]
+
+
+def test_the_key_is_sha256_of_the_documented_canonical_json(tmp_path):
+    photo = tmp_path / "café.png"
+    photo.write_bytes(b"bytes")
+    inputs = {"Upload": str(photo), "Style": "Disney / Pixar", "Prompt": 'a "q" é'}
+    canonical = json.dumps(
+        {
+            "app_id": "app-1",
+            "inputs": {
+                **inputs,
+                "Upload": "sha256:" + hashlib.sha256(b"bytes").hexdigest(),
+            },
+            "repeat": 2,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+    key = job_key("app-1", inputs, {"Upload": str(photo)}, 2)
+
+    assert key == hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -307,6 +307,28 @@ async def test_unknown_routes_answer_404_in_the_envelope(http):
     assert_error(body, "NOT_FOUND")
 
 
+async def test_paths_outside_v1_are_404_even_without_a_key(sandbox):
+    async with (
+        aiohttp.ClientSession(sandbox.base_url) as anonymous,
+        anonymous.get("/") as response,
+    ):
+        body = await response.json()
+
+    assert response.status == 404
+    assert_error(body, "NOT_FOUND")
+    assert body["requestId"] == response.headers["X-Request-Id"]
+
+
+async def test_an_oversized_body_is_refused_in_the_envelope(http):
+    huge = {"inputs": {"Product Name": "x" * 2_000_000}}
+
+    async with http.post(f"/v1/apps/{CATALOG_ID}/runs", json=huge) as response:
+        body = await response.json()
+
+    assert response.status == 413
+    assert_error(body, "VALIDATION_ERROR")
+
+
 # -- apps ---------------------------------------------------------------------------
 
 

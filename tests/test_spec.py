@@ -432,3 +432,45 @@ def test_the_schema_accepts_the_documented_example_as_editors_parse_it():
     )
 
     assert errors == []
+
+
+def test_sections_left_empty_by_comments_are_allowed(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        settings:
+          # concurrency: 8
+        jobs:
+          - app: Cartoonify!
+            inputs:
+              # Style: Ghibli
+            matrix:
+        """,
+    )
+
+    spec = load_spec(path)
+
+    assert spec.settings == Settings()
+    assert spec.entries[0].inputs == ()
+    assert spec.entries[0].matrix.axes == ()
+
+
+def test_a_wrong_value_file_key_is_explained_inside_the_axis(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        version: 1
+        jobs:
+          - app: Cartoonify!
+            matrix:
+              Style: {form: styles.txt}
+        """,
+    )
+
+    found = load_error(path)
+
+    assert found == [
+        f"{path}:5:14: jobs[0].matrix.Style: missing required key 'from'",
+        f"{path}:5:15: jobs[0].matrix.Style: unknown key 'form'; did you mean 'from'?",
+    ]

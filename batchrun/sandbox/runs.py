@@ -314,6 +314,13 @@ class RenderCache:
                 self._entries.pop(key, None)
             raise
 
+    async def close(self) -> None:
+        """Cancel renders still in flight (their threads finish on their own)."""
+        pending = [entry for entry in self._entries.values() if not entry.done()]
+        for entry in pending:
+            entry.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def _render(
         self,
         app: SandboxApp,
@@ -368,8 +375,24 @@ class RunSimulator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.cache.close()
 
     async def _drive(self, run: Run) -> None:
+        try:
+            await self._lifecycle(run)
+        except Exception as exc:
+            # A sandbox bug must not leave a run "running" for ever: clients would
+            # wait on it until their own timeouts.
+            logger.exception("sandbox.run.crash run=%s", run.run_id)
+            if not run.terminal:
+                for output in run.outputs:
+                    if output.status == "pending":
+                        output.status = "error"
+                        output.error = f"sandbox internal error: {exc}"
+                run.error_message = f"sandbox internal error: {exc}"
+                self._finish(run, "failed")
+
+    async def _lifecycle(self, run: Run) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.sleep(run.plan.queue_seconds)
         run.status = "running"

@@ -155,10 +155,10 @@ class _Api:
         request_id(request)
         started = time.monotonic()
         try:
-            if request.path.startswith("/_sandbox/"):
-                response = await handler(request)
-            else:
+            if request.path.startswith("/v1/"):
                 response = await self._v1(request, handler)
+            else:
+                response = await handler(request)  # admin routes, or a 404
         except ApiFailure as failure:
             response = error_response(
                 request, failure.code, failure.message, **failure.extra
@@ -172,6 +172,19 @@ class _Api:
         except web.HTTPNotFound:
             response = error_response(
                 request, "NOT_FOUND", f"no route {request.method} {request.path}"
+            )
+        except web.HTTPException as exc:
+            # e.g. 413 for an oversized body: still answered in the envelope.
+            code = "VALIDATION_ERROR" if exc.status < 500 else "INTERNAL_ERROR"
+            response = error_response(request, code, exc.reason, details=[])
+            response.set_status(exc.status)
+        except Exception:
+            # The envelope holds even for a sandbox bug; the traceback goes to the log.
+            logger.exception(
+                "sandbox.api.crash method=%s path=%s", request.method, request.path
+            )
+            response = error_response(
+                request, "INTERNAL_ERROR", "sandbox internal error"
             )
 
         logger.debug(
