@@ -68,7 +68,9 @@ class App:
             app_id=str(data["appId"]),
             name=str(data.get("name", "")),
             description=str(data.get("description") or ""),
-            parameters=tuple(Parameter.from_api(p) for p in data.get("parameters") or ()),
+            parameters=tuple(
+                Parameter.from_api(p) for p in data.get("parameters") or ()
+            ),
             raw=data,
         )
 

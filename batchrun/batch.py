@@ -33,8 +33,10 @@ from batchrun.results import PollSource, ResultSource, WaitSource
 from batchrun.retries import RetryPolicy
 from batchrun.runner import Runner, Tally, files_intact
 from batchrun.spec import Settings, Spec, load_spec
+from batchrun.stream_source import StreamSource
 from batchrun.templates import parse_template
 from batchrun.times import now_iso
+from batchrun.webhook_source import WebhookSource
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +251,8 @@ def effective_settings(spec: Spec, overrides: Overrides) -> Settings:
     settings = replace(spec.settings, **changes)
     if settings.results not in RESULT_STRATEGIES:
         raise UsageError(
-            f"--results {settings.results!r}: choose one of {', '.join(RESULT_STRATEGIES)}"
+            f"--results {settings.results!r}: choose one of "
+            + ", ".join(RESULT_STRATEGIES)
         )
     if settings.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
@@ -264,7 +267,7 @@ def _paths(spec: Spec, settings: Settings) -> tuple[Path, Path]:
     return output_dir, manifest
 
 
-# -- talking to the API ---------------------------------------------------------------------
+# -- talking to the API ----------------------------------------------------------------
 
 
 @dataclass
@@ -300,9 +303,7 @@ async def connect(
                     "(or add --sandbox to try the spec locally for free)"
                 )
             if not base_url.startswith(("http://", "https://")):
-                raise UsageError(
-                    f"LAMINA_BASE_URL {base_url!r} is not an http(s) URL"
-                )
+                raise UsageError(f"LAMINA_BASE_URL {base_url!r} is not an http(s) URL")
 
         connector = aiohttp.TCPConnector(limit=max(100, settings.concurrency + 10))
         session = await stack.enter_async_context(
@@ -331,8 +332,11 @@ async def _learn_rate(client: LaminaClient) -> None:
     except ApiError as exc:
         if exc.status in (401, 403):
             raise
-        log.info("rate.default could not read account usage (%s); using %d/min",
-                 exc.code, DEFAULT_RATE)
+        log.info(
+            "rate.default could not read account usage (%s); using %d/min",
+            exc.code,
+            DEFAULT_RATE,
+        )
         return
     limit = (usage.get("rateLimit") or {}).get("limit")
     window_ms = (usage.get("rateLimit") or {}).get("windowMs") or 60_000
@@ -341,8 +345,10 @@ async def _learn_rate(client: LaminaClient) -> None:
         log.info("rate.learned %.0f requests per minute", client.budget.rate)
 
 
-async def resolve_apps(client: LaminaClient, spec: Spec) -> tuple[dict[int, App], list[Problem]]:
-    """The app of every spec entry, by ID or by exact name, and the entries' problems."""
+async def resolve_apps(
+    client: LaminaClient, spec: Spec
+) -> tuple[dict[int, App], list[Problem]]:
+    """Each spec entry's app (by ID or exact name), and the entries' problems."""
     problems: list[Problem] = []
     by_text: dict[str, App | None] = {}
     resolved: dict[int, App] = {}
@@ -352,7 +358,9 @@ async def resolve_apps(client: LaminaClient, spec: Spec) -> tuple[dict[int, App]
                 by_text[entry.app] = await _resolve_app(client, entry.app)
             except _Unresolved as exc:
                 by_text[entry.app] = None
-                problems.append(Problem(entry.where, f"jobs[{entry.index}].app", str(exc)))
+                problems.append(
+                    Problem(entry.where, f"jobs[{entry.index}].app", str(exc))
+                )
         app = by_text[entry.app]
         if app is not None:
             resolved[entry.index] = app
@@ -400,7 +408,9 @@ async def _expand(
 ) -> tuple[list[Job], dict[str, App]]:
     """Every job of the spec, validated; all problems (apps and jobs) raised at once."""
     by_entry, problems = await resolve_apps(client, spec)
-    known = replace(spec, entries=tuple(e for e in spec.entries if e.index in by_entry))
+    entries = tuple(e for e in spec.entries if e.index in by_entry)
+    # The effective settings: a --max-jobs or a file name from the flags is checked too.
+    known = replace(spec, settings=settings, entries=entries)
     try:
         jobs = plan_jobs(known, by_entry, max_jobs=settings.max_jobs)
     except SpecError as exc:
@@ -420,7 +430,7 @@ def _position(problem: Problem) -> tuple[int, int]:
         return (0, 0)
 
 
-# -- the manifest's bookkeeping ---------------------------------------------------------------
+# -- the manifest's bookkeeping --------------------------------------------------------
 
 
 def _recorded_apps(manifest: Manifest) -> dict[str, dict[str, Any]]:
@@ -465,14 +475,21 @@ def _record_start(
     )
 
 
-# -- result strategies ------------------------------------------------------------------------
+# -- result strategies -----------------------------------------------------------------
 
 
 def _strategy(settings: Settings, api: Connection) -> str:
+    """The result strategy to use: `auto` means webhooks wherever they can arrive."""
+    reachable = settings.webhook_url is not None or api.sandbox is not None
+    if settings.results == "webhook" and not reachable:
+        raise UsageError(
+            "--results webhook needs --webhook-url (a public URL that reaches "
+            "--webhook-listen)"
+        )
     if settings.results != "auto":
         return settings.results
-    # TODO(#4): choose webhooks when a public URL is configured (or on the sandbox).
-    return "poll"
+    # The sandbox delivers to 127.0.0.1 directly; elsewhere a public URL is needed.
+    return "webhook" if reachable else "poll"
 
 
 @dataclass
@@ -485,12 +502,22 @@ class _Source:
 async def _result_source(
     strategy: str, api: Connection, settings: Settings
 ) -> AsyncIterator[_Source]:
+    if strategy == "webhook":
+        async with WebhookSource(
+            api.client, public_url=settings.webhook_url, listen=settings.webhook_listen
+        ) as webhooks:
+            yield _Source(webhooks, webhooks.webhook_url)
+        return
+
     if strategy == "wait":
         source: ResultSource = WaitSource(api.client)
     elif strategy == "poll":
         source = PollSource(api.client)
+    elif strategy == "stream":
+        source = StreamSource(api.client)
     else:
-        raise UsageError(f"--results {strategy} is not available yet; use poll or wait")
+        choices = ", ".join(RESULT_STRATEGIES)
+        raise UsageError(f"--results {strategy}: choose one of {choices}")
     try:
         yield _Source(source)
     finally:

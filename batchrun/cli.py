@@ -1,4 +1,4 @@
-"""The `batchrun` command: parse options, call the library, render, map errors to exits."""
+"""The `batchrun` command: parse options, call the library, render, map errors."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ class _Group(click.Group):
                 click.echo(str(problem), err=True)
             count = len(exc.problems)
             noun = "problem" if count == 1 else "problems"
-            click.echo(f"batchrun: {count} {noun} in the spec; nothing was submitted", err=True)
+            click.echo(
+                f"batchrun: {count} {noun} in the spec; nothing was submitted", err=True
+            )
             ctx.exit(exc.exit_code)
         except BatchrunError as exc:
             if debug:
@@ -54,8 +56,8 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo(
-                "batchrun: interrupted; the manifest is safe: run the same command again "
-                "to resume",
+                "batchrun: interrupted; the manifest is safe: run the same command "
+                "again to resume",
                 err=True,
             )
             ctx.exit(EXIT_INTERRUPTED)
@@ -65,8 +67,8 @@ class _Group(click.Group):
             if debug:
                 raise
             click.echo(
-                f"batchrun: internal error: {exc.__class__.__name__}: {exc}; please report "
-                "it, with the output of the same command run with --debug",
+                f"batchrun: internal error: {exc.__class__.__name__}: {exc}; please "
+                "report it, with the output of the same command run with --debug",
                 err=True,
             )
             ctx.exit(EXIT_INTERNAL)
@@ -127,28 +129,59 @@ def _api_options(func: Any) -> Any:
 
 def _batch_options(func: Any) -> Any:
     options = [
-        click.option("--out", "output_dir", type=click.Path(path_type=Path),
-                     help="Output folder [default: spec setting, else ./out/SPEC-NAME]."),
-        click.option("--manifest", type=click.Path(path_type=Path),
-                     help="Manifest file [default: OUT/manifest.jsonl]."),
-        click.option("--concurrency", type=click.IntRange(1, 1000),
-                     help="Runs in flight at once [default: spec setting, else 8]."),
-        click.option("--rate", type=click.IntRange(1, 100_000),
-                     help="Requests per minute [default: the account's limit]."),
-        click.option("--retries", type=click.IntRange(0, 100),
-                     help="Retries per request for retryable failures [default: 5]."),
-        click.option("--max-jobs", type=click.IntRange(1),
-                     help="Refuse specs that expand to more jobs [default: 10000]."),
-        click.option("--results", type=click.Choice(RESULT_STRATEGIES),
-                     help="How to learn that runs finished [default: auto]."),
-        click.option("--webhook-url",
-                     help="Public URL that reaches the local webhook receiver."),
-        click.option("--webhook-listen",
-                     help="host:port for the local webhook receiver."),
-        click.option("--retry-failed", is_flag=True,
-                     help="Submit again the jobs that failed in earlier runs."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print the result as JSON on stdout."),
+        click.option(
+            "--out",
+            "output_dir",
+            type=click.Path(path_type=Path),
+            help="Output folder [default: spec setting, else ./out/SPEC-NAME].",
+        ),
+        click.option(
+            "--manifest",
+            type=click.Path(path_type=Path),
+            help="Manifest file [default: OUT/manifest.jsonl].",
+        ),
+        click.option(
+            "--concurrency",
+            type=click.IntRange(1, 1000),
+            help="Runs in flight at once [default: spec setting, else 8].",
+        ),
+        click.option(
+            "--rate",
+            type=click.IntRange(1, 100_000),
+            help="Requests per minute [default: the account's limit].",
+        ),
+        click.option(
+            "--retries",
+            type=click.IntRange(0, 100),
+            help="Retries per request for retryable failures [default: 5].",
+        ),
+        click.option(
+            "--max-jobs",
+            type=click.IntRange(1),
+            help="Refuse specs that expand to more jobs [default: 10000].",
+        ),
+        click.option(
+            "--results",
+            type=click.Choice(RESULT_STRATEGIES),
+            help="How to learn that runs finished [default: auto].",
+        ),
+        click.option(
+            "--webhook-url", help="Public URL that reaches the local webhook receiver."
+        ),
+        click.option(
+            "--webhook-listen", help="host:port for the local webhook receiver."
+        ),
+        click.option(
+            "--retry-failed",
+            is_flag=True,
+            help="Submit again the jobs that failed in earlier runs.",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print the result as JSON on stdout.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -179,7 +212,11 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
 @_api_options
 @_batch_options
 def apply_command(
-    spec: Path, sandbox: bool, api_key: str | None, base_url: str | None, as_json: bool,
+    spec: Path,
+    sandbox: bool,
+    api_key: str | None,
+    base_url: str | None,
+    as_json: bool,
     **kwargs: Any,
 ) -> None:
     """Run every job of SPEC and download the outputs.
@@ -216,7 +253,11 @@ def apply_command(
 @_api_options
 @_batch_options
 def plan_command(
-    spec: Path, sandbox: bool, api_key: str | None, base_url: str | None, as_json: bool,
+    spec: Path,
+    sandbox: bool,
+    api_key: str | None,
+    base_url: str | None,
+    as_json: bool,
     **kwargs: Any,
 ) -> None:
     """Show what `apply` would do with SPEC, without spending anything.
@@ -236,8 +277,8 @@ def plan_command(
         return
     for change in result.plan.changed:
         click.echo(
-            f"warning: {change.app.name} changed its parameters since this manifest was "
-            f"started; {change.affected} unfinished jobs will use the new ones",
+            f"warning: {change.app.name} changed its parameters since this manifest "
+            f"was started; {change.affected} unfinished jobs will use the new ones",
             err=True,
         )
     print_table(plan_table(result))
@@ -286,8 +327,9 @@ def _only_manifest() -> Path:
 @cli.command("apps")
 @click.option("--search", default="", help="Only apps whose name or description match.")
 @_api_options
-def apps_command(search: str, sandbox: bool, api_key: str | None, base_url: str | None
-                 ) -> None:
+def apps_command(
+    search: str, sandbox: bool, api_key: str | None, base_url: str | None
+) -> None:
     """List the apps the API offers, with their IDs.
 
     \b

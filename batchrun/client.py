@@ -1,13 +1,14 @@
 """The Lamina HTTP client: every API request batchrun makes goes through here.
 
 This is the one place where aiohttp's exceptions and the API's error envelopes become
-batchrun errors. Requests are paced by a shared `RequestBudget`, retried with backoff when
-that is safe, and logged one line each without the key.
+batchrun errors. Requests are paced by a shared `RequestBudget`, retried with backoff
+when that is safe, and logged one line each without the key.
 
 Retrying a run start is never "safe" by itself: a POST whose answer was lost may have
-created (and billed) a run. `create_run` therefore retries only answers that prove nothing
-was created (429, a connection that was never made) and raises `SubmissionUncertain` for
-the rest, so the runner can look for the run before it submits again.
+created (and billed) a run. `create_run` therefore retries only answers that prove
+nothing was created (429, a connection that was never made) and raises
+`SubmissionUncertain` for the rest, so the runner can look for the run before it submits
+again.
 """
 
 from __future__ import annotations
@@ -79,14 +80,16 @@ class LaminaClient:
         # Never show the key, not even in a debugger or a traceback.
         return f"LaminaClient({self.base_url!r})"
 
-    # -- apps ---------------------------------------------------------------------------
+    # -- apps --------------------------------------------------------------------------
 
     async def get_app(self, app_id: str) -> App:
         """The app with this ID and its parameters."""
         body = await self._json("GET", f"/v1/apps/{app_id}")
         return App.from_api(body["data"])
 
-    async def list_apps(self, search: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    async def list_apps(
+        self, search: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]:
         """App summaries whose name or description matches `search`."""
         params = {"limit": str(limit)}
         if search:
@@ -94,7 +97,7 @@ class LaminaClient:
         body = await self._json("GET", "/v1/apps", params=params)
         return list(body.get("data") or [])
 
-    # -- account --------------------------------------------------------------------------
+    # -- account -----------------------------------------------------------------------
 
     async def usage(self) -> dict[str, Any]:
         """Credits and the rate limit, as `GET /v1/account/usage` reports them."""
@@ -105,12 +108,12 @@ class LaminaClient:
         """The webhook signing keys (a JWKS)."""
         return await self._json("GET", "/v1/webhooks/signing-key")
 
-    # -- runs -----------------------------------------------------------------------------
+    # -- runs --------------------------------------------------------------------------
 
     async def create_run(
         self, app_id: str, inputs: Mapping[str, str], *, webhook: str | None = None
     ) -> dict[str, Any]:
-        """Start one run. Raises SubmissionUncertain when a run may have been created."""
+        """Start one run; SubmissionUncertain when a run may have been created."""
         params = {"webhook": webhook} if webhook else None
         body = await self._json(
             "POST",
@@ -126,7 +129,9 @@ class LaminaClient:
         body = await self._json("GET", f"/v1/runs/{run_id}")
         return normalize_run(body["data"])
 
-    async def wait_run(self, run_id: str, timeout: int = 60) -> tuple[dict[str, Any], bool]:
+    async def wait_run(
+        self, run_id: str, timeout: int = 60
+    ) -> tuple[dict[str, Any], bool]:
         """Long-poll a run: (run, timed_out)."""
         body = await self._json(
             "GET",
@@ -166,7 +171,7 @@ class LaminaClient:
             async for event in iter_events(response.content):
                 yield event
 
-    # -- assets ---------------------------------------------------------------------------
+    # -- assets ------------------------------------------------------------------------
 
     async def upload_urls(self, files: list[dict[str, str]]) -> list[dict[str, Any]]:
         """Presigned upload URLs for `files` ([{filename, mediaType}])."""
@@ -175,7 +180,7 @@ class LaminaClient:
         )
         return list(body["data"]["uploads"])
 
-    # -- the request loop -----------------------------------------------------------------
+    # -- the request loop --------------------------------------------------------------
 
     async def _json(
         self,
@@ -193,7 +198,11 @@ class LaminaClient:
             attempt += 1
             try:
                 async with self._send(
-                    method, path, params=params, json_body=json_body, timeout=client_timeout
+                    method,
+                    path,
+                    params=params,
+                    json_body=json_body,
+                    timeout=client_timeout,
                 ) as response:
                     return await _read_json(response, method, path)
             except _Retryable as exc:
@@ -210,7 +219,8 @@ class LaminaClient:
                 )
                 await self._sleep(delay)
             except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-                # The connection was never made, so nothing was sent: always safe to retry.
+                # The connection was never made, so nothing was sent: always safe to
+                # retry.
                 if attempt > self.retry.retries:
                     raise TransportError(
                         f"cannot connect to {self.base_url}: {exc.__class__.__name__}; "
@@ -225,7 +235,7 @@ class LaminaClient:
                     delay,
                 )
                 await self._sleep(delay)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = exc.__class__.__name__
                 if not idempotent:
                     raise SubmissionUncertain(
@@ -369,10 +379,13 @@ class _ServerError(Exception):
         self.retry_after = retry_after
 
 
-def _rate_limited(response: aiohttp.ClientResponse, retry_after: float | None) -> ApiError:
+def _rate_limited(
+    response: aiohttp.ClientResponse, retry_after: float | None
+) -> ApiError:
     wait = f" (the server asked for {retry_after:.0f} s)" if retry_after else ""
     return RateLimited(
-        f"the API kept answering 429 Too Many Requests{wait}; lower --rate or try later",
+        f"the API kept answering 429 Too Many Requests{wait}; "
+        "lower --rate or try later",
         status=429,
         code="RATE_LIMITED",
         request_id=response.headers.get("X-Request-Id"),
@@ -400,7 +413,9 @@ async def _read_json(
 
     error = api_error(response.status, text, response.headers, method, path)
     if response.status >= 500:
-        raise _ServerError(error, parse_retry_after(response.headers.get("Retry-After")))
+        raise _ServerError(
+            error, parse_retry_after(response.headers.get("Retry-After"))
+        )
     raise error
 
 

@@ -96,7 +96,7 @@ async def _download_once(
                 handle.flush()
                 os.fsync(handle.fileno())
             content_type = response.headers.get("Content-Type", "")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         part.unlink(missing_ok=True)
         raise _Transient(
             f"{_short(url)}: {exc.__class__.__name__} after {size} bytes"
@@ -121,7 +121,7 @@ async def upload(
     retry: RetryPolicy,
     sleep=asyncio.sleep,
 ) -> None:
-    """PUT a local file to a presigned storage URL (no API key: the URL is the grant)."""
+    """PUT a local file to a presigned storage URL (no API key: the URL is a grant)."""
     data = path.read_bytes()
     attempt = 0
     while True:
@@ -140,7 +140,7 @@ async def upload(
                         f"uploading {path}: the storage host answered {response.status}"
                     )
                 reason = f"HTTP {response.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             reason = exc.__class__.__name__
         if attempt > retry.retries:
             raise DownloadFailed(f"uploading {path} failed {attempt} times ({reason})")

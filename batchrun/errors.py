@@ -104,7 +104,7 @@ class TransportError(BatchrunError):
 
 
 class SubmissionUncertain(TransportError):
-    """A run start was sent but its answer was lost: a run may exist. Never resend blindly."""
+    """A run start's answer was lost: a run may exist. Never resend it blindly."""
 
 
 class RunFailed(BatchrunError):

@@ -276,7 +276,8 @@ class _EntryPlanner:
         for declared in entry.matrix.declared:
             if declared.name in self.params:
                 continue
-            if declared.name in FILENAME_BUILTINS:
+            if declared.name in FILENAME_BUILTINS & self.filename.fields:
+                # The runner fills built-ins; a variable of that name would be ignored.
                 log.add(
                     declared.where,
                     declared.path,

@@ -1,14 +1,15 @@
 """The request budget: how many API requests batchrun may send, and when.
 
 Lamina allows about 100 requests per minute, counted in a fixed window per key. A leaky
-bucket sized to the whole minute would let 100 requests through at once and 100 more as it
-drains, so the server would see up to twice its limit in one window. We space requests
-instead: a bucket of one request that refills every `60 / rate` seconds never puts more than
-`rate` requests into any 60-second window, wherever the server's window starts.
+bucket sized to the whole minute would let 100 requests through at once and 100 more as
+it drains, so the server would see up to twice its limit in one window. We space
+requests instead: a bucket of one request that refills every `60 / rate` seconds never
+puts more than `rate` requests into any 60-second window, wherever the server's window
+starts.
 
 On top of that the budget follows what the server says: `RateLimit-Remaining: 0` pauses
-everyone until `RateLimit-Reset`, and a 429's `Retry-After` pauses everyone until then, each
-waiter adding its own jitter so they do not all wake in the same instant.
+everyone until `RateLimit-Reset`, and a 429's `Retry-After` pauses everyone until then,
+each waiter adding its own jitter so they do not all wake in the same instant.
 """
 
 from __future__ import annotations

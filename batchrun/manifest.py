@@ -1,14 +1,16 @@
 """The manifest: an append-only JSONL journal of everything a batch did.
 
 The first line is a header (batchrun version, spec digest, the app schemas used); every
-later line is one state change of one job, or an upload. Folding the lines in order gives
-the state of every job, which is what `apply` resumes from and `status` prints.
+later line is one state change of one job, or an upload. Folding the lines in order
+gives the state of every job, which is what `apply` resumes from and `status` prints.
 
 Durability rules, which the resume logic relies on:
 
-- every record is written with a single `write` and fsynced before batchrun acts on it, so
+- every record is written with a single `write` and fsynced before batchrun acts on it,
+  so
   "submitting" is on disk before the run start is sent;
-- a crash can only tear the last line; `Manifest.open` cuts a torn line off (the action it
+- a crash can only tear the last line; `Manifest.open` cuts a torn line off (the action
+  it
   described had not started yet, see above);
 - an exclusive `flock` keeps two processes from applying the same manifest at once.
 """
@@ -74,7 +76,9 @@ class JobState:
         """The outputs of the finished run that have something to download."""
         if not self.run:
             return []
-        return [o for o in self.run.get("outputs") or [] if o.get("status") == "completed"]
+        return [
+            o for o in self.run.get("outputs") or [] if o.get("status") == "completed"
+        ]
 
     @property
     def done(self) -> bool:
@@ -98,7 +102,7 @@ class Manifest:
         self.run_ids: set[str] = set()
         self.records = 0
 
-    # -- opening --------------------------------------------------------------------------
+    # -- opening -----------------------------------------------------------------------
 
     @classmethod
     def open(cls, path: str | Path) -> Manifest:
@@ -108,7 +112,9 @@ class Manifest:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
-            raise ManifestError(f"{path}: cannot open the manifest: {exc.strerror}") from exc
+            raise ManifestError(
+                f"{path}: cannot open the manifest: {exc.strerror}"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -139,7 +145,9 @@ class Manifest:
                 f"{path}: no manifest here; run `batchrun apply` first or pass its path"
             ) from None
         except OSError as exc:
-            raise ManifestError(f"{path}: cannot read the manifest: {exc.strerror}") from exc
+            raise ManifestError(
+                f"{path}: cannot read the manifest: {exc.strerror}"
+            ) from exc
         manifest = cls(path, None)
         end = data.rfind(b"\n") + 1
         manifest._fold(_lines(data[:end]))
@@ -168,8 +176,8 @@ class Manifest:
                 record = json.loads(line)
             except ValueError:
                 raise ManifestError(
-                    f"{self.path}:{number}: not a JSON record; the manifest was edited or "
-                    "damaged: restore it, or start over with another --manifest"
+                    f"{self.path}:{number}: not a JSON record; the manifest was edited "
+                    "or damaged: restore it, or start over with another --manifest"
                 ) from None
             if not isinstance(record, dict) or "type" not in record:
                 raise ManifestError(
@@ -178,8 +186,8 @@ class Manifest:
                 )
             if number == 1 and record["type"] != "header":
                 raise ManifestError(
-                    f"{self.path}:1: the first line is not a batchrun header; is this file "
-                    "a batchrun manifest?"
+                    f"{self.path}:1: the first line is not a batchrun header; is this "
+                    "file a batchrun manifest?"
                 )
             self._apply(record, number)
 
@@ -189,20 +197,21 @@ class Manifest:
         if kind == "header":
             if record.get("format") != FORMAT:
                 raise ManifestError(
-                    f"{self.path}:{number}: manifest format {record.get('format')!r} is not "
-                    f"{FORMAT}; it was written by another batchrun version"
+                    f"{self.path}:{number}: manifest format {record.get('format')!r} "
+                    f"is not {FORMAT}; it was written by another batchrun version"
                 )
             self.headers.append(record)
         elif kind == "upload":
             self.uploads[record["sha256"]] = record  # the newest upload of a file wins
         elif kind == "job":
             self._apply_job(record, number)
-        # Unknown record types come from newer versions; skipping them keeps resume safe.
+        # Unknown record types come from newer versions; skipping them keeps resume
+        # safe.
 
     def _apply_job(self, record: dict[str, Any], number: int) -> None:
         key = record.get("key")
         state = record.get("state")
-        if not isinstance(key, str) or state not in STATES + ("retrying",):
+        if not isinstance(key, str) or state not in (*STATES, "retrying"):
             raise ManifestError(
                 f"{self.path}:{number}: a job record without a valid key or state"
             )
@@ -247,7 +256,7 @@ class Manifest:
                 job.run_id = record["run_id"]
                 self.run_ids.add(job.run_id)
 
-    # -- writing --------------------------------------------------------------------------
+    # -- writing -----------------------------------------------------------------------
 
     @property
     def header(self) -> dict[str, Any] | None:
@@ -274,7 +283,9 @@ class Manifest:
 
     def job(self, key: str, state: str, **fields: Any) -> None:
         """Record one state change of one job (durably, before returning)."""
-        self.append([{"type": "job", "key": key, "state": state, "time": now_iso(), **fields}])
+        self.append(
+            [{"type": "job", "key": key, "state": state, "time": now_iso(), **fields}]
+        )
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Write records in one go, fsync, then fold them into the state."""
@@ -321,5 +332,4 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    for number, line in enumerate(data.split(b"\n")[:-1], start=1):
-        yield number, line
+    yield from enumerate(data.split(b"\n")[:-1], start=1)

@@ -1,8 +1,8 @@
 """Output file names: from the spec's template to a safe path inside the output folder.
 
 Values substituted into the template are made safe on their own (no separators, no `..`,
-no control characters), so only the template's literal text decides the folder layout, and
-every component is kept within common file-system limits.
+no control characters), so only the template's literal text decides the folder layout,
+and every component is kept within common file-system limits.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def ext_for_content_type(content_type: str) -> str | None:
 
 
 def output_path(template: Template, values: Mapping[str, str]) -> PurePosixPath:
-    """The relative path for one output file; never absolute, never escaping the folder."""
+    """The relative path of one output file: never absolute, never outside."""
     # `ext` is ours (".png"), not the user's, and slug() would strip its dot.
     safe = {name: v if name == "ext" else slug(v) for name, v in values.items()}
     rendered = template.render(safe)

@@ -1,7 +1,8 @@
 """What `apply` would do: the spec's jobs set against what the manifest already knows.
 
-Pure: it takes the expanded jobs, the folded manifest and a way to check files on disk, and
-sorts every job into one action. `batchrun plan` prints this; `batchrun apply` executes it.
+Pure: it takes the expanded jobs, the folded manifest and a way to check files on disk,
+and sorts every job into one action. `batchrun plan` prints this; `batchrun apply`
+executes it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class AppChange:
 class Plan:
     steps: list[Step]
     apps: dict[str, App]
-    counts: dict[str, Counter[str]] = field(default_factory=dict)  # app_id -> action -> n
+    counts: dict[str, Counter[str]] = field(
+        default_factory=dict
+    )  # app_id -> action -> n
     orphaned: dict[str, int] = field(default_factory=dict)  # app_id -> jobs not in spec
     changed: list[AppChange] = field(default_factory=list)
 

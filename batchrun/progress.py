@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from typing import IO, Any
@@ -14,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchrun.runner import Runner
+from batchrun.stream_source import StreamSource
 
 PLAIN_EVERY = 10.0
 
@@ -48,10 +50,8 @@ class ProgressDisplay:
     async def __aexit__(self, *exc_info: Any) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         if self._live is not None:
             self._live.update(self._render())
             self._live.stop()
@@ -101,15 +101,27 @@ class ProgressDisplay:
             return "waiting on runs"
         return ""
 
+    def outputs(self) -> str:
+        """Outputs finished over the runs in flight ("outputs 7/12"), when streaming."""
+        source = self._runner.source
+        if not isinstance(source, StreamSource):
+            return ""
+        progress = source.outputs()
+        if not progress.total:
+            return ""
+        return f"outputs {progress.finished}/{progress.total}"
+
     def line(self) -> str:
         """One plain-text progress line."""
         counts = self.counts()
         parts = [f"{name} {n}" for name, n in counts.items() if n or name == "done"]
+        if outputs := self.outputs():
+            parts.append(outputs)
         budget = self._runner.client.budget
         elapsed = time.monotonic() - self._started
         text = (
             f"batchrun: {' · '.join(parts)} · {budget.sent} requests"
-            f" · {budget.rate_limited} × 429 · {elapsed:.0f}s"
+            f" · {budget.rate_limited}x429 · {elapsed:.0f}s"
         )
         reason = self.idle_reason()
         return f"{text} · {reason}" if reason else text

@@ -86,7 +86,9 @@ def summary_table(result: BatchResult) -> Table:
         if tally.outcomes[outcome] or outcome == "done":
             table.add_row(label, str(tally.outcomes[outcome]))
     finished = max(1, tally.outcomes["done"] + tally.outcomes["partial"])
-    table.add_row("requests", f"{result.requests} ({result.requests / finished:.2f} a job)")
+    table.add_row(
+        "requests", f"{result.requests} ({result.requests / finished:.2f} a job)"
+    )
     table.add_row("429 answers", str(result.rate_limited))
     table.add_row("time", f"{result.elapsed:.1f} s")
     table.add_row("results by", result.results)
@@ -156,7 +158,11 @@ def status_table(manifest: Manifest) -> Table:
 
 def status_failures(manifest: Manifest) -> list[tuple[str, str, str]]:
     return [
-        (s.key, s.app_id, f"{(s.failure or {}).get('code')}: {(s.failure or {}).get('reason')}")
+        (
+            s.key,
+            s.app_id,
+            f"{(s.failure or {}).get('code')}: {(s.failure or {}).get('reason')}",
+        )
         for s in manifest.jobs.values()
         if s.state == "failed"
     ]
@@ -166,7 +172,9 @@ def status_json(manifest: Manifest) -> dict[str, Any]:
     return {
         "manifest": str(manifest.path),
         "jobs": len(manifest.jobs),
-        "apps": {name: dict(counts) for name, counts in status_counts(manifest).items()},
+        "apps": {
+            name: dict(counts) for name, counts in status_counts(manifest).items()
+        },
         "failures": [
             {"key": key, "app_id": app, "reason": reason}
             for key, app, reason in status_failures(manifest)

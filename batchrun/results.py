@@ -5,8 +5,9 @@ returns the run, with its outputs, once it is terminal.
 
 - `WaitSource` long-polls `GET /v1/runs/{id}/wait` per run (simple; 1-2 requests a run).
 - `PollSource` lists runs in bulk: one `GET /v1/runs?appId=` page reports up to 100
-  in-flight runs at once, then one read per finished run fetches its outputs. Its cadence
-  follows how long runs take, and never spends more than a small share of the budget.
+  in-flight runs at once, then one read per finished run fetches its outputs. Its
+  cadence follows how long runs take, and never spends more than a small share of the
+  budget.
 - `WebhookSource` (batchrun.webhook_source) believes verified deliveries and polls
   slowly as a safety net; `StreamSource` follows each run's SSE stream.
 """
@@ -14,14 +15,16 @@ returns the run, with its outputs, once it is terminal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from batchrun.client import LaminaClient
+from batchrun.errors import ApiError
 from batchrun.times import format_time, parse_time
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,7 @@ class _Watch:
     started: float  # local monotonic time the watch began
     submitted: datetime  # local wall time, as a bound for the listing
     created_at: str | None = None  # server time, once a listing showed it
-    last_seen: float = field(default=0.0)
+    misses: int = 0  # listings in a row that should have shown the run and did not
 
 
 class PollSource:
@@ -101,10 +104,10 @@ class PollSource:
         self.polls = 0
 
     async def result(self, run_id: str, app_id: str) -> dict[str, Any]:
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._watched[run_id] = _Watch(
-            app_id, future, self._clock(), datetime.now(UTC), last_seen=self._clock()
+        future: asyncio.Future[dict[str, Any]] = (
+            asyncio.get_running_loop().create_future()
         )
+        self._watched[run_id] = _Watch(app_id, future, self._clock(), datetime.now(UTC))
         if self._task is None:
             self._task = asyncio.create_task(self._loop(), name="batchrun-poll")
         self._wake.set()
@@ -116,14 +119,12 @@ class PollSource:
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def interval(self) -> float:
-        """Seconds until the next listing: soon enough to see runs finish, cheap enough."""
+        """Seconds to the next listing: soon enough to see runs end, cheap enough."""
         floor = self._min_interval
         if floor is None:
             floor = 60.0 / self._client.budget.rate * POLL_SHARE
@@ -144,7 +145,7 @@ class PollSource:
             for app_id in sorted(apps):
                 try:
                     await self._poll_app(app_id)
-                except Exception as exc:  # noqa: BLE001 - hand it to every waiter
+                except Exception as exc:
                     for watch in list(self._watched.values()):
                         if watch.app_id == app_id and not watch.future.done():
                             watch.future.set_exception(exc)
@@ -169,20 +170,28 @@ class PollSource:
                     continue
                 unseen.discard(run_id)
                 watch.created_at = watch.created_at or run.get("createdAt")
-                watch.last_seen = self._clock()
+                watch.misses = 0
                 if is_terminal(run):
                     finished.append(run_id)
             offset += len(runs)
             if not runs or offset >= int(page.get("total", 0)):
                 break
 
-        # A run the listing never shows (a server that lags, or a window we got wrong)
-        # is read directly once it is well overdue, so no run can hang the batch.
-        overdue = [r for r in unseen if self._clock() - watches[r].last_seen > 120.0]
-        for run_id in finished + overdue:
-            run = await self._client.get_run(run_id)
+        # A run the listing does not show (a server that lags, a clock far off, or a run
+        # that no longer exists) is read directly after two misses, so none can hang the
+        # batch; a run that is gone raises 404 to its waiter.
+        for run_id in unseen:
+            watches[run_id].misses += 1
+        missing = [r for r in unseen if watches[r].misses >= 2]
+        for run_id in finished + missing:
             watch = watches[run_id]
-            watch.last_seen = self._clock()
+            try:
+                run = await self._client.get_run(run_id)
+            except ApiError as exc:
+                if not watch.future.done():
+                    watch.future.set_exception(exc)
+                continue
+            watch.misses = 0
             if is_terminal(run) and not watch.future.done():
                 self._durations.append(self._clock() - watch.started)
                 del self._durations[:-50]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Capped exponential backoff with full jitter; Retry-After wins when it is longer."""
+    """Capped exponential backoff with full jitter; Retry-After wins if given."""
 
     retries: int = 5
     base: float = 0.5

@@ -3,12 +3,13 @@
 Concurrency: `concurrency` workers each carry one job from submission to its last
 download, so memory grows with the jobs in flight, not with the size of the batch.
 
-Never paying twice: run starts for one app are sent one at a time, and each is recorded as
-"submitting" (fsynced) before it is sent. So at any moment at most one start per app has an
-unknown outcome, and after a lost answer or a crash the run it may have created is the one
-run of that app, created since then, that the manifest does not know. `_reconcile` looks for
-exactly that before anything is sent again; two or more such runs (someone else is using
-the app with this key) make the job fail as ambiguous rather than risk a duplicate.
+Never paying twice: run starts for one app are sent one at a time, and each is recorded
+as "submitting" (fsynced) before it is sent. So at any moment at most one start per app
+has an unknown outcome, and after a lost answer or a crash the run it may have created
+is the one run of that app, created since then, that the manifest does not know.
+`_reconcile` looks for exactly that before anything is sent again; two or more such runs
+(someone else is using the app with this key) make the job fail as ambiguous rather than
+risk a duplicate.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Tally:
 
     phases: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
-    failures: list[tuple[str, str, str]] = field(default_factory=list)  # key, app, reason
+    # (job key, app name, reason) of every job that did not fully complete
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
     output_errors: int = 0
     idle_reason: str = ""
     stop_reason: str = ""
@@ -160,7 +162,7 @@ class Runner:
     def _app(self, job: Job) -> App:
         return self.plan.apps[job.app_id]
 
-    # -- one job --------------------------------------------------------------------------
+    # -- one job -----------------------------------------------------------------------
 
     async def _carry(self, step: Step) -> None:
         job = step.job
@@ -193,7 +195,10 @@ class Runner:
         if run.get("status") != "completed":
             reason = run.get("errorMessage") or f"the run ended {run.get('status')}"
             self.manifest.job(
-                job.key, "failed", code="run_" + str(run.get("status")), reason=reason,
+                job.key,
+                "failed",
+                code="run_" + str(run.get("status")),
+                reason=reason,
                 run_id=run.get("runId"),
             )
             raise JobFailed(f"run {run.get('runId')}: {reason}")
@@ -216,12 +221,16 @@ class Runner:
         except ApiError as exc:
             if exc.status == 404:
                 self.manifest.job(
-                    job.key, "failed", code="run_not_found", reason=str(exc), run_id=run_id
+                    job.key,
+                    "failed",
+                    code="run_not_found",
+                    reason=str(exc),
+                    run_id=run_id,
                 )
                 raise JobFailed(f"run {run_id} is unknown to the API") from exc
             raise
 
-    # -- submitting -----------------------------------------------------------------------
+    # -- submitting --------------------------------------------------------------------
 
     async def _submit(self, job: Job) -> str | None:
         """Start the job's run; its run ID, or None when submissions have stopped."""
@@ -240,8 +249,8 @@ class Runner:
                     )
                 except SubmissionUncertain as exc:
                     log.warning(
-                        "submit.uncertain job=%s app=%s: %s; looking for the run before "
-                        "sending again",
+                        "submit.uncertain job=%s app=%s: %s; looking for the run "
+                        "before sending again",
                         job.key,
                         job.app_id,
                         exc,
@@ -258,7 +267,9 @@ class Runner:
                     if exc.status in (401, 403):
                         raise
                     self.manifest.job(
-                        job.key, "failed", code=exc.code or f"http_{exc.status}",
+                        job.key,
+                        "failed",
+                        code=exc.code or f"http_{exc.status}",
                         reason=str(exc),
                     )
                     raise JobFailed(_submit_reason(exc)) from exc
@@ -309,7 +320,9 @@ class Runner:
                 app_id=job.app_id, since=after, limit=100, offset=offset
             )
             candidates += [
-                str(r["runId"]) for r in runs if r.get("runId") not in self.manifest.run_ids
+                str(r["runId"])
+                for r in runs
+                if r.get("runId") not in self.manifest.run_ids
             ]
             offset += len(runs)
             if not runs or offset >= int(page.get("total", 0)):
@@ -335,11 +348,13 @@ class Runner:
 
     def _stop(self, reason: str) -> None:
         if not self._stop_submitting:
-            log.error("submit.stopped %s; runs already started will still finish", reason)
+            log.error(
+                "submit.stopped %s; runs already started will still finish", reason
+            )
         self._stop_submitting = True
         self.tally.stop_reason = reason
 
-    # -- uploads --------------------------------------------------------------------------
+    # -- uploads -----------------------------------------------------------------------
 
     async def _upload_files(self, steps: list[Step]) -> None:
         """Upload every local input not uploaded yet: one upload-URL request per 100."""
@@ -354,7 +369,9 @@ class Runner:
             if record.get("api") == self.client.base_url:
                 self._assets[digest] = record["asset_url"]
         todo = {
-            digest: path for path, digest in digests.items() if digest not in self._assets
+            digest: path
+            for path, digest in digests.items()
+            if digest not in self._assets
         }
         self._digests = digests
         items = list(todo.items())
@@ -368,7 +385,10 @@ class Runner:
             for (digest, path), grant in zip(chunk, grants, strict=True):
                 content_type = grant.get("contentTypeHint") or _content_type(path)
                 await upload(
-                    self.storage, grant["uploadUrl"], Path(path), content_type,
+                    self.storage,
+                    grant["uploadUrl"],
+                    Path(path),
+                    content_type,
                     retry=self.retry,
                 )
                 self.manifest.append(
@@ -391,7 +411,7 @@ class Runner:
             inputs[name] = self._assets[self._digests[path]]
         return inputs
 
-    # -- downloads ------------------------------------------------------------------------
+    # -- downloads ---------------------------------------------------------------------
 
     async def _download_outputs(
         self, job: Job, state: JobState, run: dict[str, Any]
@@ -405,16 +425,23 @@ class Runner:
             existing = state.downloads.get(output_id)
             if existing and _intact(self.output_dir / existing.path, existing):
                 continue
-            relative = existing.path if existing else self._claim(job, app, run, output, index)
+            relative = (
+                existing.path if existing else self._claim(job, app, run, output, index)
+            )
             dest = self.output_dir / relative
             self.tally.phases["downloading"] += 1
             try:
                 if output.get("type") == "text":
-                    size, digest = write_atomically(dest, str(output.get("value")).encode())
+                    size, digest = write_atomically(
+                        dest, str(output.get("value")).encode()
+                    )
                 else:
                     try:
                         size, digest, _ = await download(
-                            self.storage, str(output.get("value")), dest, retry=self.retry
+                            self.storage,
+                            str(output.get("value")),
+                            dest,
+                            retry=self.retry,
                         )
                     except DownloadFailed:
                         if refreshed:
@@ -424,17 +451,30 @@ class Runner:
                         fresh = await self.client.get_run(str(run["runId"]))
                         output = _same_output(fresh, output_id) or output
                         size, digest, _ = await download(
-                            self.storage, str(output.get("value")), dest, retry=self.retry
+                            self.storage,
+                            str(output.get("value")),
+                            dest,
+                            retry=self.retry,
                         )
             finally:
                 self.tally.phases["downloading"] -= 1
             self.manifest.job(
-                job.key, "downloaded", output=output_id, index=index, path=relative,
-                size=size, sha256=digest,
+                job.key,
+                "downloaded",
+                output=output_id,
+                index=index,
+                path=relative,
+                size=size,
+                sha256=digest,
             )
 
     def _claim(
-        self, job: Job, app: App, run: dict[str, Any], output: dict[str, Any], index: int
+        self,
+        job: Job,
+        app: App,
+        run: dict[str, Any],
+        output: dict[str, Any],
+        index: int,
     ) -> str:
         """A relative file name for an output that no other output has taken."""
         values = {

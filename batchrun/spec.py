@@ -461,9 +461,9 @@ def _expected(schema: dict[str, Any]) -> str:
     )
     low, high = schema.get("minimum"), schema.get("maximum")
     if low is not None and high is not None:
-        words += f" from {low:,} to {high:,}"
+        words += f" from {low} to {high}"
     elif low is not None:
-        words += f" of at least {low:,}"
+        words += f" of at least {low}"
     if "array" in types:
         items = _resolve(schema.get("items", {}))
         words += " of mappings" if items.get("type") == "object" else " of values"

@@ -288,10 +288,10 @@ class ProblemLog:
         return out
 
 
-def _order(where: str, path: str, message: str) -> tuple[int, int, str, int, str]:
-    file, line, column = where, 0, 0
+def _order(where: str, path: str, message: str) -> tuple[int, int, str, bool, str]:
+    line, column = 0, 0
     pieces = where.rsplit(":", 2)
     if len(pieces) == 3 and pieces[1].isdigit() and pieces[2].isdigit():
-        file, line, column = pieces[0], int(pieces[1]), int(pieces[2])
+        line, column = int(pieces[1]), int(pieces[2])
     # "... and N more" sorts after the problems it summarises.
-    return (line, column, path, int(message.startswith("... and ")), message + file)
+    return (line, column, path, message.startswith("... and "), message)

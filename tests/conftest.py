@@ -94,7 +94,9 @@ async def sandbox() -> AsyncIterator[Any]:
     """A fast sandbox: runs take ~0.1 s and the rate limit is out of the way."""
     from batchrun.sandbox import Sandbox, SandboxConfig
 
-    config = SandboxConfig(queue_seconds=0.02, run_seconds=(0.05, 0.15), rate_limit=10_000)
+    config = SandboxConfig(
+        queue_seconds=0.02, run_seconds=(0.05, 0.15), rate_limit=10_000
+    )
     async with Sandbox(config) as running:
         yield running
 

@@ -66,7 +66,9 @@ def created_per_job(sandbox) -> Counter:
 def manifest_files(result) -> dict[str, str]:
     manifest = Manifest.read(result.planned.manifest)
     return {
-        d.path: d.sha256 for state in manifest.jobs.values() for d in state.downloads.values()
+        d.path: d.sha256
+        for state in manifest.jobs.values()
+        for d in state.downloads.values()
     }
 
 
@@ -91,7 +93,9 @@ async def test_apply_downloads_every_output_with_its_checksum(tmp_path, sandbox)
     assert sandbox.stats.key_leaks == 0
 
 
-async def test_local_files_are_uploaded_once_with_one_upload_url_request(tmp_path, sandbox):
+async def test_local_files_are_uploaded_once_with_one_upload_url_request(
+    tmp_path, sandbox
+):
     spec = write_spec(tmp_path, CARTOONS)
 
     await run(spec, sandbox)

@@ -48,8 +48,9 @@ def test_apply_prints_the_summary_on_stdout_and_progress_on_stderr(
 ):
     spec = write_spec(tmp_path, SPEC)
 
-    done = batchrun("apply", str(spec), "--out", str(tmp_path / "out"),
-                    env=threaded_sandbox.env())
+    done = batchrun(
+        "apply", str(spec), "--out", str(tmp_path / "out"), env=threaded_sandbox.env()
+    )
 
     assert done.returncode == 0, done.stderr
     assert "completed" in done.stdout
@@ -60,24 +61,42 @@ def test_apply_prints_the_summary_on_stdout_and_progress_on_stderr(
 def test_apply_json_is_stable_and_machine_readable(tmp_path, threaded_sandbox):
     spec = write_spec(tmp_path, SPEC)
 
-    done = batchrun("apply", str(spec), "--out", str(tmp_path / "out"), "--json",
-                    env=threaded_sandbox.env())
+    done = batchrun(
+        "apply",
+        str(spec),
+        "--out",
+        str(tmp_path / "out"),
+        "--json",
+        env=threaded_sandbox.env(),
+    )
 
     report = json.loads(done.stdout)
     assert report["exit_code"] == 0
     assert report["jobs"] == 2
     assert report["outcomes"]["done"] == 2
     assert report["failures"] == []
-    assert set(report) >= {"manifest", "output_dir", "requests", "rate_limited",
-                           "elapsed_s", "results"}
+    assert set(report) >= {
+        "manifest",
+        "output_dir",
+        "requests",
+        "rate_limited",
+        "elapsed_s",
+        "results",
+    }
 
 
 def test_the_api_key_appears_in_no_output_and_no_file(tmp_path, threaded_sandbox):
     spec = write_spec(tmp_path, SPEC)
     key = threaded_sandbox.sandbox.api_key
 
-    done = batchrun("--debug", "apply", str(spec), "--out", str(tmp_path / "out"),
-                    env=threaded_sandbox.env())
+    done = batchrun(
+        "--debug",
+        "apply",
+        str(spec),
+        "--out",
+        str(tmp_path / "out"),
+        env=threaded_sandbox.env(),
+    )
 
     assert done.returncode == 0
     assert key not in done.stdout + done.stderr
@@ -95,7 +114,10 @@ def test_an_invalid_spec_exits_2_with_one_line_per_problem(tmp_path, threaded_sa
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert lines[0].startswith(f"{spec}:9:")
-    assert "'Simpson' is not an option of Cartoonify!; did you mean 'Simpsons'?" in lines[0]
+    assert (
+        "'Simpson' is not an option of Cartoonify!; did you mean 'Simpsons'?"
+        in lines[0]
+    )
     assert "'Pixar' is not an option" in lines[1]
     assert lines[-1] == "batchrun: 2 problems in the spec; nothing was submitted"
     assert "Traceback" not in done.stderr
@@ -135,7 +157,11 @@ def test_a_wrong_api_key_exits_4_without_echoing_it(tmp_path, threaded_sandbox):
 
 def test_an_unreachable_api_exits_5(tmp_path):
     spec = write_spec(tmp_path, SPEC)
-    env = {**bare_env(), "LAMINA_API_KEY": "lma_x", "LAMINA_BASE_URL": "http://127.0.0.1:9"}
+    env = {
+        **bare_env(),
+        "LAMINA_API_KEY": "lma_x",
+        "LAMINA_BASE_URL": "http://127.0.0.1:9",
+    }
 
     done = batchrun("plan", str(spec), "--retries", "0", env=env)
 
@@ -148,7 +174,9 @@ def test_a_manifest_in_use_exits_3(tmp_path, threaded_sandbox):
     out = tmp_path / "out"
 
     with Manifest.open(out / "manifest.jsonl"):
-        done = batchrun("apply", str(spec), "--out", str(out), env=threaded_sandbox.env())
+        done = batchrun(
+            "apply", str(spec), "--out", str(out), env=threaded_sandbox.env()
+        )
 
     assert done.returncode == 3
     assert "another batchrun is applying this manifest" in done.stderr
@@ -170,8 +198,9 @@ def test_status_folds_the_manifest(tmp_path, threaded_sandbox):
 def test_plan_spends_nothing(tmp_path, threaded_sandbox):
     spec = write_spec(tmp_path, SPEC)
 
-    done = batchrun("plan", str(spec), "--out", str(tmp_path / "out"),
-                    env=threaded_sandbox.env())
+    done = batchrun(
+        "plan", str(spec), "--out", str(tmp_path / "out"), env=threaded_sandbox.env()
+    )
 
     assert done.returncode == 0
     assert "2 jobs, all valid; nothing was submitted" in done.stdout

@@ -1,4 +1,4 @@
-"""The HTTP client against scripted servers: envelopes, retries, uncertainty, secrecy."""
+"""The HTTP client against scripted servers: envelopes, retries, uncertainty."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ KEY = "lma_test_secret_key_0123456789"
 APP_ID = "3f68debe-df0a-4fc9-bdd3-9d45a4160587"
 
 
-def make_client(url: str, session: aiohttp.ClientSession, retries: int = 3) -> LaminaClient:
+def make_client(
+    url: str, session: aiohttp.ClientSession, retries: int = 3
+) -> LaminaClient:
     clock = FakeTime()
     return LaminaClient(
         url,
@@ -35,7 +37,9 @@ def make_client(url: str, session: aiohttp.ClientSession, retries: int = 3) -> L
 
 
 def run_body(run_id: str = "r1", status: str = "queued", key: str = "runId") -> dict:
-    return {"data": {key: run_id, "workflowId": APP_ID, "status": status, "outputs": []}}
+    return {
+        "data": {key: run_id, "workflowId": APP_ID, "status": status, "outputs": []}
+    }
 
 
 async def test_sends_the_key_as_x_api_key(serve, http):
@@ -113,7 +117,9 @@ async def test_a_500_on_a_run_start_is_uncertain_and_not_resent(serve, http):
     app = web.Application()
     app.router.add_post(
         "/v1/apps/{id}/runs",
-        lambda r: web.json_response({"error": "boom", "code": "INTERNAL_ERROR"}, status=500),
+        lambda r: web.json_response(
+            {"error": "boom", "code": "INTERNAL_ERROR"}, status=500
+        ),
     )
     server = await serve(app)
 
@@ -142,8 +148,11 @@ async def test_a_dropped_connection_on_a_run_start_is_uncertain(serve, http):
 
 async def test_a_429_on_a_run_start_is_retried(serve, http):
     answers = [
-        web.json_response({"error": "x", "code": "RATE_LIMITED"}, status=429,
-                          headers={"Retry-After": "1"}),
+        web.json_response(
+            {"error": "x", "code": "RATE_LIMITED"},
+            status=429,
+            headers={"Retry-After": "1"},
+        ),
         web.json_response(run_body("new"), status=202),
     ]
     app = web.Application()
@@ -162,8 +171,13 @@ async def test_validation_errors_carry_their_details(serve, http):
     app.router.add_post(
         "/v1/apps/{id}/runs",
         lambda r: web.json_response(
-            {"error": "Invalid inputs", "code": "VALIDATION_ERROR", "retryable": False,
-             "requestId": "req-1", "details": details},
+            {
+                "error": "Invalid inputs",
+                "code": "VALIDATION_ERROR",
+                "retryable": False,
+                "requestId": "req-1",
+                "details": details,
+            },
             status=400,
         ),
     )
@@ -182,7 +196,10 @@ async def test_an_invalid_key_says_what_to_check_without_the_key(serve, http):
     app.router.add_get(
         "/v1/apps/{id}",
         lambda r: web.json_response(
-            {"error": "Invalid API key " + r.headers["x-api-key"], "code": "AUTH_INVALID_KEY"},
+            {
+                "error": "Invalid API key " + r.headers["x-api-key"],
+                "code": "AUTH_INVALID_KEY",
+            },
             status=401,
         ),
     )
@@ -220,8 +237,10 @@ async def test_an_unreachable_api_is_a_transport_error(http):
 
 async def test_list_runs_passes_filters_and_reads_pagination(serve, http):
     async def listing(request: web.Request) -> web.Response:
-        body = {"data": [{"runId": "a", "status": "completed"}],
-                "pagination": {"total": 1, "limit": 100, "offset": 0}}
+        body = {
+            "data": [{"runId": "a", "status": "completed"}],
+            "pagination": {"total": 1, "limit": 100, "offset": 0},
+        }
         return web.json_response(body)
 
     app = web.Application()
@@ -247,4 +266,3 @@ async def test_a_body_that_is_not_json_names_the_base_url(serve, http):
 
     with pytest.raises(ApiError, match="LAMINA_BASE_URL"):
         await make_client(server.url, http).get_run("r1")
-

@@ -23,8 +23,13 @@ async def test_requests_are_spaced_so_no_window_sees_more_than_the_rate():
 
 
 async def test_a_429_pauses_everyone_until_retry_after(fake_time):
-    budget = RequestBudget(60_000, clock=fake_time.clock, sleep=fake_time.sleep,
-                           jitter=lambda: 0.5, max_jitter=1.0)
+    budget = RequestBudget(
+        60_000,
+        clock=fake_time.clock,
+        sleep=fake_time.sleep,
+        jitter=lambda: 0.5,
+        max_jitter=1.0,
+    )
 
     delay = budget.observe(429, {"Retry-After": "7"})
     await budget.acquire()
@@ -35,8 +40,9 @@ async def test_a_429_pauses_everyone_until_retry_after(fake_time):
 
 
 async def test_remaining_zero_waits_for_the_reset(fake_time):
-    budget = RequestBudget(60_000, clock=fake_time.clock, sleep=fake_time.sleep,
-                           jitter=lambda: 0.0)
+    budget = RequestBudget(
+        60_000, clock=fake_time.clock, sleep=fake_time.sleep, jitter=lambda: 0.0
+    )
 
     budget.observe(200, {"RateLimit-Remaining": "0", "RateLimit-Reset": "12"})
     state = budget.state

@@ -24,16 +24,42 @@ def start(path):
 def test_folds_a_job_through_its_states(tmp_path):
     path = tmp_path / "m.jsonl"
     with start(path) as manifest:
-        manifest.job(KEY, "planned", app_id="app", inputs={"Style": "Ghibli"}, files={},
-                     names={}, repeat=0, entry=0)
+        manifest.job(
+            KEY,
+            "planned",
+            app_id="app",
+            inputs={"Style": "Ghibli"},
+            files={},
+            names={},
+            repeat=0,
+            entry=0,
+        )
         manifest.job(KEY, "submitting", attempt=1)
         manifest.job(KEY, "submitted", run_id="run-1", created_at=None)
-        run = {"runId": "run-1", "status": "completed", "outputs": [
-            {"id": "o1", "label": "AI Designer", "type": "image", "value": "http://x/a.png",
-             "status": "completed", "error": None}]}
+        run = {
+            "runId": "run-1",
+            "status": "completed",
+            "outputs": [
+                {
+                    "id": "o1",
+                    "label": "AI Designer",
+                    "type": "image",
+                    "value": "http://x/a.png",
+                    "status": "completed",
+                    "error": None,
+                }
+            ],
+        }
         manifest.job(KEY, "finished", run_id="run-1", run=run)
-        manifest.job(KEY, "downloaded", output="o1", index=0, path="a.png", size=3,
-                     sha256="b" * 64)
+        manifest.job(
+            KEY,
+            "downloaded",
+            output="o1",
+            index=0,
+            path="a.png",
+            size=3,
+            sha256="b" * 64,
+        )
 
     folded = Manifest.read(path).jobs[KEY]
 
@@ -81,10 +107,12 @@ def test_a_damaged_line_in_the_middle_names_its_line(tmp_path):
 
 def test_a_second_process_cannot_open_a_manifest_in_use(tmp_path):
     path = tmp_path / "m.jsonl"
-    with start(path):
-        # flock is per open file, so a second open in this process conflicts too.
-        with pytest.raises(ManifestError, match="another batchrun is applying"):
-            Manifest.open(path)
+    # flock is per open file, so a second open in this process conflicts too.
+    with (
+        start(path),
+        pytest.raises(ManifestError, match="another batchrun is applying"),
+    ):
+        Manifest.open(path)
 
 
 def test_a_file_that_is_not_a_manifest_is_refused(tmp_path):
@@ -127,8 +155,16 @@ def test_records_match_the_published_schema(tmp_path):
     validator = jsonschema.Draft202012Validator(schema)
     path = tmp_path / "m.jsonl"
     with start(path) as manifest:
-        manifest.job(KEY, "planned", app_id="app", inputs={}, files={}, names={},
-                     repeat=0, entry=0)
+        manifest.job(
+            KEY,
+            "planned",
+            app_id="app",
+            inputs={},
+            files={},
+            names={},
+            repeat=0,
+            entry=0,
+        )
         manifest.job(KEY, "failed", code="run_failed", reason="boom", run_id=None)
 
     records = [json.loads(line) for line in path.read_text().splitlines()]

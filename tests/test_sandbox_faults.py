@@ -140,6 +140,18 @@ async def test_drop_rate_off_again_serves_normally(sandbox, http):
     assert status == 200
 
 
+async def test_drop_routes_limit_drops_to_the_named_routes(sandbox, http):
+    sandbox.faults.drop_next = 1
+    sandbox.faults.drop_routes = {"create_run"}
+
+    listing = await status_of(http, "GET", "/v1/apps")
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await status_of(http, "POST", f"/v1/apps/{CATALOG_ID}/runs")
+
+    assert listing == 200
+    assert sandbox.stats.runs == []
+
+
 async def test_a_lost_response_still_creates_the_run(sandbox, http):
     sandbox.faults.lost_response_next = 1
 

@@ -225,6 +225,21 @@ async def test_cancelled_runs_end_with_cancelled_outputs():
     assert {o["status"] for o in run["outputs"]} == {"cancelled"}
 
 
+async def test_the_admin_route_cancels_a_run_without_a_key():
+    config = SandboxConfig(queue_seconds=0.01, run_seconds=(5, 5))
+    async with Sandbox(config) as sandbox, await client(sandbox) as http:
+        run_id = await start_run(http, CATALOG_ID, {})
+        async with aiohttp.ClientSession(sandbox.base_url) as admin:
+            async with admin.post(f"/_sandbox/runs/{run_id}/cancel") as response:
+                body = await response.json()
+            async with admin.post(f"/_sandbox/runs/{run_id}/cancel") as again:
+                pass
+
+    assert response.status == 200
+    assert body["data"]["status"] == "cancelled"
+    assert again.status == 200  # already cancelled: nothing changes
+
+
 async def test_renders_are_cached_by_app_and_inputs(sandbox, http):
     same = {"Style": "Ghibli", "Aspect Ratio": "16:9"}
     for inputs in (same, same, {**same, "Style": "Simpsons"}):

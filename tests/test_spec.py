@@ -262,7 +262,7 @@ def test_schema_errors_are_all_reported_in_plain_english(tmp_path):
     found = load_error(path)
 
     assert found == [
-        f"{path}:3:16: settings.concurrency: expected an integer from 1 to 1,000, "
+        f"{path}:3:16: settings.concurrency: expected an integer from 1 to 1000, "
         "got 'eight'",
         f"{path}:4:12: settings.results: expected one of auto, webhook, poll, wait, "
         "stream, got 'sometimes'",

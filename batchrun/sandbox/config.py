@@ -20,6 +20,10 @@ class SandboxConfig:
     delays (5 s, 30 s, 2 min) and delivery timeout (15 s), and `rate_window`. With 1/6,
     a run of 1-2 minutes takes 10-20 s. `faults.delay` is the exception (see Faults).
 
+    `faults` is used live, not copied: the sandbox's `faults` attribute IS this object,
+    so changing it later takes effect at once and `*_next` counters count down in it.
+    Give each sandbox its own Faults.
+
     `allow_remote` lets the sandbox fetch input URLs and deliver webhooks to hosts other
     than loopback; off by default so a sandbox never reaches the internet unasked.
     """

@@ -57,6 +57,7 @@ def json_response(body: Any, status: int = 200) -> web.Response:
         status=status,
         body=json.dumps(body, ensure_ascii=False).encode(),
         content_type="application/json",
+        charset="utf-8",
     )
 
 

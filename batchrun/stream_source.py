@@ -1,0 +1,146 @@
+"""Following each run's event stream: live per-output progress, two requests a job.
+
+`GET /v1/runs/{id}/stream` sends the run whenever it changes and the final run when it
+ends, so one request per run both reports progress and delivers the outputs. A stream
+that breaks off is opened again (an ended run answers its final event at once); after
+too many breaks in a row the run is read with `get_run` and then long-polled, so a flaky
+connection slows a job down but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from batchrun import client as _client
+from batchrun.client import LaminaClient, normalize_run
+from batchrun.errors import TransportError
+from batchrun.results import is_terminal
+
+log = logging.getLogger(__name__)
+
+# What opening or reading a stream can raise that another attempt may cure. stream_run
+# does not translate a 429 or a 5xx at open (its request loop is for JSON answers), so
+# the client's internal signals for those are caught here too; see the report of #4.
+_BREAKS: tuple[type[BaseException], ...] = (
+    TransportError,
+    aiohttp.ClientError,
+    TimeoutError,
+    _client._Retryable,
+    _client._ServerError,
+)
+
+# Consecutive breaks of one run's stream before it is read and long-polled instead.
+MAX_BREAKS = 3
+FINAL_EVENTS = frozenset({"complete", "error"})
+
+
+@dataclass(frozen=True)
+class OutputProgress:
+    """How many of a run's outputs have finished (completed or in error)."""
+
+    finished: int
+    total: int
+
+
+class StreamSource:
+    """Results from each run's SSE stream, with outputs counted as they finish."""
+
+    def __init__(
+        self,
+        client: LaminaClient,
+        *,
+        max_breaks: int = MAX_BREAKS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._client = client
+        self._max_breaks = max_breaks
+        self._sleep = sleep
+        self.progress: dict[str, OutputProgress] = {}  # run id -> counts, while running
+        self.reconnects = 0
+
+    def outputs(self) -> OutputProgress:
+        """Finished and total outputs over the runs being followed right now."""
+        return OutputProgress(
+            sum(p.finished for p in self.progress.values()),
+            sum(p.total for p in self.progress.values()),
+        )
+
+    async def result(self, run_id: str, app_id: str) -> dict[str, Any]:
+        """Follow the run's stream until its final event; the final run."""
+        try:
+            return await self._follow(run_id)
+        finally:
+            self.progress.pop(run_id, None)
+
+    async def aclose(self) -> None:
+        return None
+
+    async def _follow(self, run_id: str) -> dict[str, Any]:
+        breaks = 0
+        while breaks < self._max_breaks:
+            try:
+                run = await self._read_stream(run_id)
+            except _BREAKS as exc:
+                breaks += 1
+                self.reconnects += 1
+                log.warning(
+                    "stream.broken run=%s break=%d/%d (%s); opening it again",
+                    run_id,
+                    breaks,
+                    self._max_breaks,
+                    exc.__class__.__name__,
+                )
+                await self._sleep(self._client.retry.delay(breaks))
+                continue
+            if run is not None:
+                return run
+            # The stream ended cleanly without a final event (the server's 10-minute
+            # stream timeout, or a proxy closing idle streams): not a fault, go on.
+
+        log.warning(
+            "stream.gave_up run=%s after %d breaks; reading the run instead",
+            run_id,
+            breaks,
+        )
+        run = await self._client.get_run(run_id)
+        while not is_terminal(run):
+            run, _timed_out = await self._client.wait_run(run_id)
+        return run
+
+    async def _read_stream(self, run_id: str) -> dict[str, Any] | None:
+        """The final run, or None when the stream ended before the run did."""
+        async for event in self._client.stream_run(run_id):
+            if event.event == "ping":
+                continue
+            if event.event == "timeout":
+                return None
+            if event.event not in FINAL_EVENTS and event.event != "progress":
+                log.debug("stream.unknown_event run=%s event=%s", run_id, event.event)
+                continue
+            try:
+                run = event.json()
+            except ValueError:
+                log.warning(
+                    "stream.bad_event run=%s event=%s: data is not JSON; skipped",
+                    run_id,
+                    event.event,
+                )
+                continue
+            if not isinstance(run, dict):
+                continue
+            run = normalize_run(run)
+            self._count(run_id, run)
+            if event.event in FINAL_EVENTS or is_terminal(run):
+                return run
+        return None
+
+    def _count(self, run_id: str, run: dict[str, Any]) -> None:
+        outputs = run.get("outputs") or []
+        finished = sum(1 for o in outputs if o.get("status") not in (None, "pending"))
+        self.progress[run_id] = OutputProgress(finished, len(outputs))
