@@ -25,7 +25,7 @@ FAILED = "failed"  # failed before; left alone without --retry-failed
 ACTIONS = (SUBMIT, RESUME, RETRY, DONE, FAILED)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
     """One job and what apply will do with it."""
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from batchrun.manifest import Manifest
-from tests.conftest import PHOTOS, REPO, write_spec
+from tests.conftest import REPO, write_spec
 
 SEED = int(os.environ.get("BATCHRUN_KILL_SEED", "20261203"))
 KILLS = 8
@@ -63,7 +63,8 @@ LANGUAGES = ("English", "French")
 MIXED = """
 version: 1
 settings:
-  concurrency: 6
+  # Few workers, so the batch outlasts most of the kills (each run takes 0.2-0.6 s).
+  concurrency: 2
 jobs:
   - app: Cartoonify!
     matrix:
@@ -144,25 +145,31 @@ def sandbox_process(tmp_path: Path) -> Iterator[SandboxProcess]:
 def _read_exports(process: subprocess.Popen[bytes], timeout: float) -> dict[str, str]:
     """The `export NAME=value` lines the sandbox prints once it is listening."""
     assert process.stdout is not None
-    exports: dict[str, str] = {}
+    fd = process.stdout.fileno()
+    printed = b""
     deadline = time.monotonic() + timeout
+    # Raw reads: a buffered readline() could swallow the second line into a buffer
+    # that select() cannot see.
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while len(exports) < 2:
+        selector.register(fd, selectors.EVENT_READ)
+        while printed.count(b"\n") < 2:
             left = deadline - time.monotonic()
             if left <= 0 or not selector.select(left):
                 raise RuntimeError(f"the sandbox did not start within {timeout} s")
-            line = process.stdout.readline().decode().strip()
-            if not line:
+            chunk = os.read(fd, 4096)
+            if not chunk:
                 raise RuntimeError(
                     f"the sandbox exited ({process.poll()}) before ready"
                 )
-            name, _, value = line.removeprefix("export ").partition("=")
-            exports[name] = value
+            printed += chunk
+    exports = {}
+    for line in printed.decode().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        exports[name] = value
     return exports
 
 
-# -- driving apply ------------------------------------------------------------------------
+# -- driving apply ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -255,7 +262,7 @@ def manifest_summary(path: Path) -> tuple[dict[str, int], str]:
     return dict(states), str(last.get("state") or last.get("type") or "nothing")
 
 
-# -- what must be true afterwards ---------------------------------------------------------
+# -- what must be true afterwards ------------------------------------------------------
 
 
 def expected_jobs(products_csv: Path) -> Counter[str]:
@@ -337,7 +344,7 @@ def assert_status_all_done(manifest_path: Path, jobs: int) -> None:
     assert all(set(c) == {"done"} for c in report["apps"].values()), report["apps"]
 
 
-# -- the tests ----------------------------------------------------------------------------
+# -- the tests -------------------------------------------------------------------------
 
 
 def test_apply_resumes_after_sigkill_at_random_moments(

@@ -14,14 +14,12 @@ import logging
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import ip_address
-from urllib.parse import urlsplit
 
 import aiohttp
 from PIL import Image, ImageDraw
 
 from batchrun.apps import App
-from batchrun.sandbox.storage import Storage
+from batchrun.sandbox.storage import Storage, is_loopback_url
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +98,6 @@ class MediaFetcher:
 
 class MediaUnavailable(Exception):
     """A url input's bytes could not be had; the message says why."""
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether `url` points at this machine (localhost or a loopback address)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @functools.lru_cache(maxsize=64)

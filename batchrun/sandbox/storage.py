@@ -4,21 +4,29 @@ It is a separate aiohttp site on its own port, as Lamina's media host is a diffe
 host from its API: a client that sends its API key here is leaking it, and every such
 request is counted in `stats.key_leaks`. No key is needed or checked; uploads are
 authorised by an HMAC signature in the URL, as presigned object-store URLs are.
+
+Objects live in memory, or on disk under `root` when the sandbox keeps a state dir.
+Either way an object is named by its path ("/assets/<id>/a.png"), never by host and
+port: a restarted sandbox serves on a new port, and URLs handed out before it must
+still resolve (see `path_of`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import mimetypes
+import os
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import PurePosixPath
+from ipaddress import ip_address
+from pathlib import Path, PurePosixPath
 from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
@@ -48,12 +56,25 @@ class StoredObject:
 
 
 class Storage:
-    """The in-memory object store behind the storage host."""
+    """The object store behind the storage host: in memory, or on disk under `root`.
 
-    def __init__(self, secret: bytes | None = None) -> None:
+    With a `root`, bytes are written there (atomically) and read back on each GET,
+    and `on_put(path, content_type)` is told of every new object so the sandbox can
+    journal its index; without one, everything stays in memory.
+    """
+
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        root: Path | None = None,
+        on_put: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.base_url = ""  # set once the site is bound to a port
-        self._secret = secret or uuid.uuid4().bytes
-        self._objects: dict[str, StoredObject] = {}
+        self.secret = secret or uuid.uuid4().bytes
+        self._root = root
+        self._on_put = on_put
+        self._objects: dict[str, StoredObject] = {}  # in-memory mode only
+        self._types: dict[str, str] = {}  # path -> Content-Type, every object
 
     def presign_upload(self, filename: str, media_type: str) -> dict[str, str]:
         """One entry of `POST /v1/assets/upload-urls`: where to PUT, where to read."""
@@ -78,26 +99,63 @@ class Storage:
     def put_output(
         self, run_id: str, output_id: str, ext: str, data: bytes, content_type: str
     ) -> str:
-        """Store one run output file; returns its public URL."""
+        """Store one run output file; returns its storage path (see `url_for`)."""
         path = f"/outputs/{run_id}/{output_id}{ext}"
-        self._objects[path] = StoredObject(data, content_type)
-        return f"{self.base_url}{path}"
+        self._store(path, data, content_type)
+        return path
+
+    def url_for(self, path: str) -> str:
+        """The public URL of the object at `path`, on the host as bound right now."""
+        return f"{self.base_url}{quote(path)}"
+
+    def path_of(self, url: str) -> str | None:
+        """The path of `url` if it names this host's storage, else None.
+
+        A URL on the current host:port is ours whether or not its object exists. On
+        any other loopback host:port it is ours only if its path names an object we
+        hold: that is how asset URLs handed out before a restart (on the old port)
+        keep working as inputs, without claiming other local servers' URLs.
+        """
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        if f"{parts.scheme}://{parts.netloc}" == self.base_url:
+            return path
+        if path in self._types and is_loopback_url(url):
+            return path
+        return None
 
     def lookup(self, url: str) -> StoredObject | None:
         """The object behind `url` if it is one of this host's URLs, else None."""
-        parts = urlsplit(url)
-        if f"{parts.scheme}://{parts.netloc}" != self.base_url:
-            return None
-        return self._objects.get(unquote(parts.path))
+        path = self.path_of(url)
+        return None if path is None else self.get(path)
 
     def owns(self, url: str) -> bool:
         """Whether `url` points at this storage host (whether or not it exists)."""
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}" == self.base_url
+        return self.path_of(url) is not None
 
     def get(self, path: str) -> StoredObject | None:
         """The object stored at `path` (e.g. "/assets/<id>/a.png"), or None."""
-        return self._objects.get(path)
+        content_type = self._types.get(path)
+        if content_type is None:
+            return None
+        if self._root is None:
+            return self._objects.get(path)
+        try:
+            return StoredObject(self._file(path).read_bytes(), content_type)
+        except OSError as exc:
+            # The index outlived the file (deleted by hand): answer 404, not 500.
+            logger.warning("sandbox.storage.missing path=%s error=%s", path, exc)
+            return None
+
+    def index(self) -> dict[str, str]:
+        """Every object's path and Content-Type (what a state snapshot keeps)."""
+        return dict(self._types)
+
+    def restore(self, index: Mapping[str, str]) -> None:
+        """Know the objects a previous run of the sandbox left under `root`."""
+        for path, content_type in index.items():
+            if self._root is not None and self._inside_root(path):
+                self._types[path] = content_type
 
     def check_upload(
         self, asset_id: str, name: str, expires: str, signature: str
@@ -114,16 +172,61 @@ class Storage:
             return "the upload URL has expired; request a new one"
         return None
 
-    def put_asset(self, asset_id: str, name: str, data: bytes, sent_type: str) -> None:
+    async def put_asset(
+        self, asset_id: str, name: str, data: bytes, sent_type: str
+    ) -> None:
         """Store uploaded bytes under their asset URL's path."""
         content_type = guess_content_type(name)
         if content_type == "application/octet-stream" and sent_type:
             content_type = sent_type
-        self._objects[f"/assets/{asset_id}/{name}"] = StoredObject(data, content_type)
+        path = f"/assets/{asset_id}/{name}"
+        if self._root is not None:
+            # Uploads may be large: write them off the event loop.
+            await asyncio.to_thread(_write_atomically, self._file(path), data)
+        self._store(path, data, content_type, written=True)
+
+    def _store(
+        self, path: str, data: bytes, content_type: str, *, written: bool = False
+    ) -> None:
+        if self._root is None:
+            self._objects[path] = StoredObject(data, content_type)
+        elif not written:
+            _write_atomically(self._file(path), data)
+        self._types[path] = content_type
+        if self._on_put is not None:
+            self._on_put(path, content_type)
+
+    def _file(self, path: str) -> Path:
+        assert self._root is not None
+        return self._root / path.lstrip("/")
+
+    def _inside_root(self, path: str) -> bool:
+        assert self._root is not None
+        root = self._root.resolve()
+        return self._file(path).resolve().is_relative_to(root)
 
     def _sign(self, asset_id: str, name: str, expires: int) -> str:
         message = f"PUT\n{asset_id}\n{name}\n{expires}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+        return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
+
+
+def _write_atomically(file: Path, data: bytes) -> None:
+    """Write `data` to `file` so that a reader sees the old file or the whole new one."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, file)
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether `url` points at this machine (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def guess_content_type(filename: str, media_type: str | None = None) -> str:
@@ -164,7 +267,9 @@ def build_storage_app(
             return error_response(request, "FORBIDDEN", problem)
 
         data = await request.read()
-        storage.put_asset(asset_id, name, data, request.headers.get("Content-Type", ""))
+        await storage.put_asset(
+            asset_id, name, data, request.headers.get("Content-Type", "")
+        )
         logger.debug("sandbox.storage.put asset=%s bytes=%d", asset_id, len(data))
         return web.Response(status=200)
 
