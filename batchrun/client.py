@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://app.uselamina.ai"
 USER_AGENT = "batchrun"
 REQUEST_TIMEOUT = 60.0
+# A Retry-After longer than this is treated as an exhausted quota, not a burst.
+MAX_RETRY_AFTER = 900.0
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -346,7 +348,21 @@ class _Exchange:
         )
         retry_after = client.budget.observe(response.status, response.headers)
         if response.status == 429:
+            text = await response.text(errors="replace")
             response.release()
+            error = api_error(429, text, response.headers, self._method, self._path)
+            if isinstance(error, QuotaExhausted):
+                raise error
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER:
+                # A wait this long is a quota, not a burst: stop and say so.
+                raise QuotaExhausted(
+                    f"{self._method} {self._path}: the API asks to wait "
+                    f"{retry_after / 60:.0f} minutes (a quota is exhausted?); "
+                    "re-run later to resume",
+                    status=429,
+                    code=error.code,
+                    request_id=error.request_id,
+                )
             raise _Retryable("429", retry_after, _rate_limited(response, retry_after))
         if self._stream and response.status >= 400:
             await _read_json(response, self._method, self._path)

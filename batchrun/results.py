@@ -51,6 +51,22 @@ def is_terminal(run: dict[str, Any]) -> bool:
     return run.get("status") in TERMINAL
 
 
+async def defer_to_waiting(
+    client: LaminaClient, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> None:
+    """Return once no other request waits for the budget; call before a result read.
+
+    The budget is first come, first served, and a run start waits in it behind every
+    read. But a run that ended can be read a little later at no cost to the batch,
+    while a run started later finishes later: so reads let waiting requests (run
+    starts, mostly) go first. Call it from one task at a time, or the readers wake
+    together and crowd the starts out after all.
+    """
+    budget = client.budget
+    while budget.waiting > 0:
+        await sleep(60.0 / budget.rate)
+
+
 class WaitSource:
     """One long-poll after another on each run."""
 
@@ -173,6 +189,7 @@ class PollSource:
                 watch.misses = 0
                 if is_terminal(run):
                     finished.append(run_id)
+                    self._observe(watch, run)
             offset += len(runs)
             if not runs or offset >= int(page.get("total", 0)):
                 break
@@ -185,6 +202,7 @@ class PollSource:
         missing = [r for r in unseen if watches[r].misses >= 2]
         for run_id in finished + missing:
             watch = watches[run_id]
+            await defer_to_waiting(self._client, self._sleep)
             try:
                 run = await self._client.get_run(run_id)
             except ApiError as exc:
@@ -193,9 +211,23 @@ class PollSource:
                 continue
             watch.misses = 0
             if is_terminal(run) and not watch.future.done():
-                self._durations.append(self._clock() - watch.started)
-                del self._durations[:-50]
                 watch.future.set_result(run)
+
+    def _observe(self, watch: _Watch, run: dict[str, Any]) -> None:
+        """Learn how long runs take, from a listing that shows one ended.
+
+        The server's own timestamps when it gives them: our clock would count the
+        wait for the listing, and the reads wait behind run starts (defer_to_waiting),
+        so it would make runs look longer and the next listings come too late.
+        """
+        try:
+            duration = (
+                parse_time(str(run["completedAt"])) - parse_time(str(run["createdAt"]))
+            ).total_seconds()
+        except (KeyError, ValueError):
+            duration = self._clock() - watch.started
+        self._durations.append(max(0.0, duration))
+        del self._durations[:-50]
 
 
 def _listing_bound(watches: Any) -> str:

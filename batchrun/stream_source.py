@@ -10,17 +10,19 @@ connection slows a job down but never loses it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
 from batchrun import client as _client
 from batchrun.client import LaminaClient, normalize_run
 from batchrun.errors import TransportError
-from batchrun.results import is_terminal
+from batchrun.results import defer_to_waiting, is_terminal
+from batchrun.sse import Event
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class StreamSource:
         self._sleep = sleep
         self.progress: dict[str, OutputProgress] = {}  # run id -> counts, while running
         self.reconnects = 0
+        self._opening = asyncio.Lock()
 
     def outputs(self) -> OutputProgress:
         """Finished and total outputs over the runs being followed right now."""
@@ -113,32 +116,54 @@ class StreamSource:
             run, _timed_out = await self._client.wait_run(run_id)
         return run
 
+    async def _open(self, run_id: str) -> AsyncGenerator[Event, None]:
+        """The run's events, opened once run starts waiting for the budget have gone.
+
+        One stream at a time waits its turn, so streams never crowd out run starts: a
+        run started late ends late, a stream opened late only shows progress later (an
+        ended run answers its final event at once).
+        """
+        # stream_run is an async generator: close it, and its response, when done.
+        stream = cast(AsyncGenerator[Event, None], self._client.stream_run(run_id))
+        async with contextlib.aclosing(stream) as events:
+            async with self._opening:
+                await defer_to_waiting(self._client, self._sleep)
+                first = await anext(events, None)
+            if first is None:
+                return
+            yield first
+            async for event in events:
+                yield event
+
     async def _read_stream(self, run_id: str) -> dict[str, Any] | None:
         """The final run, or None when the stream ended before the run did."""
-        async for event in self._client.stream_run(run_id):
-            if event.event == "ping":
-                continue
-            if event.event == "timeout":
-                return None
-            if event.event not in FINAL_EVENTS and event.event != "progress":
-                log.debug("stream.unknown_event run=%s event=%s", run_id, event.event)
-                continue
-            try:
-                run = event.json()
-            except ValueError:
-                log.warning(
-                    "stream.bad_event run=%s event=%s: data is not JSON; skipped",
-                    run_id,
-                    event.event,
-                )
-                continue
-            if not isinstance(run, dict):
-                continue
-            run = normalize_run(run)
-            self._count(run_id, run)
-            if event.event in FINAL_EVENTS or is_terminal(run):
-                return run
+        async with contextlib.aclosing(self._open(run_id)) as events:
+            async for event in events:
+                if event.event == "timeout":
+                    return None  # the server's stream limit: reconnect
+                run = self._run_of(run_id, event)
+                if run is not None:
+                    self._count(run_id, run)
+                    if event.event in FINAL_EVENTS or is_terminal(run):
+                        return run
         return None
+
+    def _run_of(self, run_id: str, event: Event) -> dict[str, Any] | None:
+        """The run object an event carries, or None for pings and unknown events."""
+        if event.event not in FINAL_EVENTS and event.event != "progress":
+            if event.event != "ping":
+                log.debug("stream.unknown_event run=%s event=%s", run_id, event.event)
+            return None
+        try:
+            run = event.json()
+        except ValueError:
+            log.warning(
+                "stream.bad_event run=%s event=%s: data is not JSON; skipped",
+                run_id,
+                event.event,
+            )
+            return None
+        return normalize_run(run) if isinstance(run, dict) else None
 
     def _count(self, run_id: str, run: dict[str, Any]) -> None:
         outputs = run.get("outputs") or []

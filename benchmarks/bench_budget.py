@@ -20,13 +20,20 @@ Figures:
 
 - wall: from the client's first request to its last file written (the process's own
   start-up and imports excluded).
-- ideal: the least wall time the budget allows,
-  (setup + minimum requests per job x jobs) / rate + the longest run (queue + run time,
-  20.03 s here). The minimum is 1 request per job with webhooks (the start; the delivery
-  carries the outputs) and 2 for every other strategy (the start and one read); setup is
-  what batchrun sends before the first start (usage, list apps, get app, and the signing
-  keys for webhooks; 1 for the baseline). The last runs cannot finish sooner than one
-  run after the budget lets them start.
+- ideal: the least wall time the budget allows. With R = rate, m = the minimum requests
+  per job (1 with webhooks: the start, the delivery carries the outputs; 2 otherwise:
+  the start and one read), S = setup requests (usage, list apps, get app, plus the
+  signing keys for webhooks; 1 for the baseline) and L = the longest run (queue + run
+  time, 20.03 s here):
+
+      ideal = max((S + m x jobs) / R,  (S + jobs) / R + L + (m - 1) / R)
+
+  No client can send its requests faster than R (the first term), and the last run
+  cannot start before every start has been sent, nor be read before it ends (the
+  second). The issue's shorter wording, (S + m x jobs) / R + L, is the same as the
+  second term for webhooks but counts the reads twice for the others (they overlap
+  with runs still running), so the stricter bound above is used; the footnote prints
+  both.
 - req/job: every /v1 request the sandbox received (429s included) per finished job.
 - 429s: answers 429 as the sandbox counted them, and their share of all requests.
 - CPU s, peak MB: the client process's user+system time and max RSS (getrusage).
@@ -195,6 +202,15 @@ def read_exports(sandbox: subprocess.Popen[str]) -> tuple[str, str]:
 
 
 def ideal_wall(name: str, jobs: int) -> float:
+    """The budget-bound least wall time (see the module docstring)."""
+    setup, least = SETUP[name], MIN_PER_JOB[name]
+    every_request = (setup + least * jobs) / RATE_PER_SECOND
+    last_run = (setup + jobs) / RATE_PER_SECOND + LONGEST_RUN
+    return max(every_request, last_run + (least - 1) / RATE_PER_SECOND)
+
+
+def loose_ideal(name: str, jobs: int) -> float:
+    """The issue's wording: every minimum request, then one more run."""
     return (SETUP[name] + MIN_PER_JOB[name] * jobs) / RATE_PER_SECOND + LONGEST_RUN
 
 
@@ -226,11 +242,17 @@ def print_table(results: list[dict[str, Any]]) -> None:
         f"{RUN_SECONDS[0] * TIME_SCALE:.0f}-{RUN_SECONDS[1] * TIME_SCALE:.0f} s."
     )
     print(
-        "ideal = (setup + minimum requests per job x jobs) / rate + longest run "
-        f"({LONGEST_RUN:.2f} s); minimum 1/job for webhook, 2/job otherwise; setup "
+        "ideal = max((S + m x jobs) / R, (S + jobs) / R + L + (m - 1) / R): R the "
+        "rate, m the minimum requests per job (1 webhook, 2 others), S setup ("
         + ", ".join(f"{k} {v}" for k, v in SETUP.items())
-        + "."
+        + f"), L the longest run ({LONGEST_RUN:.2f} s)."
     )
+    loose = ", ".join(
+        f"{r['name']} {loose_ideal(r['name'], r['jobs']):.1f} s "
+        f"(wall/that {r['wall'] / loose_ideal(r['name'], r['jobs']):.2f})"
+        for r in results
+    )
+    print(f"The issue's looser (S + m x jobs) / R + L would be: {loose}.")
     print("req/job and 429s: every /v1 request the sandbox received, per finished job.")
     for row in results:
         routes = ", ".join(f"{k} {v}" for k, v in sorted(row["routes"].items()))

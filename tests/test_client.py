@@ -266,3 +266,35 @@ async def test_a_body_that_is_not_json_names_the_base_url(serve, http):
 
     with pytest.raises(ApiError, match="LAMINA_BASE_URL"):
         await make_client(server.url, http).get_run("r1")
+
+
+async def test_a_quota_429_stops_instead_of_waiting_for_hours(serve, http):
+    app = web.Application()
+    app.router.add_post(
+        "/v1/apps/{id}/runs",
+        lambda r: web.json_response(
+            {"error": "Daily quota reached", "code": "RATE_LIMITED"},
+            status=429,
+            headers={"Retry-After": "36000"},
+        ),
+    )
+    server = await serve(app)
+
+    with pytest.raises(QuotaExhausted, match="wait 600 minutes"):
+        await make_client(server.url, http).create_run(APP_ID, {})
+
+    assert len(server.requests) == 1
+
+
+async def test_a_429_with_a_quota_code_is_a_quota_error(serve, http):
+    app = web.Application()
+    app.router.add_post(
+        "/v1/apps/{id}/runs",
+        lambda r: web.json_response(
+            {"error": "Out of credits", "code": "INSUFFICIENT_CREDITS"}, status=429
+        ),
+    )
+    server = await serve(app)
+
+    with pytest.raises(QuotaExhausted):
+        await make_client(server.url, http).create_run(APP_ID, {})

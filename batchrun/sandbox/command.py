@@ -11,6 +11,7 @@ from batchrun.sandbox.catalog import CatalogError
 from batchrun.sandbox.config import SandboxConfig
 from batchrun.sandbox.faults import Faults
 from batchrun.sandbox.service import Sandbox, run_sandbox
+from batchrun.sandbox.state import SandboxStateError
 
 
 def _run_seconds(
@@ -89,6 +90,11 @@ _rate = click.FloatRange(0.0, 1.0)
 @click.option(
     "--webhook-loss-rate", type=_rate, default=0.0, help="Fault: webhooks never sent."
 )
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    help="Keep runs, files, key and credits here; reload them on the next start.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every request (DEBUG).")
 def sandbox_command(
     host: str,
@@ -116,6 +122,7 @@ def sandbox_command(
     sse_crlf: bool,
     sse_comments: bool,
     webhook_loss_rate: float,
+    state_dir: str | None,
     verbose: bool,
 ) -> None:
     """Serve a local Lamina-compatible API with real outputs, until Ctrl-C.
@@ -137,6 +144,13 @@ def sandbox_command(
       --credits N         balance; each run costs --credit-cost (402 when short)
       --seed N            replays the same timings and failures
       --allow-remote      also fetch input URLs and send webhooks off this machine
+      --state-dir DIR     persist, as a real account does: runs, uploaded assets,
+                          outputs, credits, rate-limit windows, the API key (made
+                          once, unless --api-key) and the webhook signing key are
+                          kept in DIR and reloaded on the next start, on any port;
+                          old asset and output URLs keep working. Runs that were
+                          in flight resume, the downtime counted as elapsed. A
+                          saved balance wins over --credits. One sandbox per DIR.
 
     \b
     Faults (probabilities 0..1; change them live: POST /_sandbox/faults):
@@ -153,6 +167,7 @@ def sandbox_command(
     \b
     Example:
       batchrun sandbox --time-scale 0.1 --failure-rate 0.05 --error-rate 0.02
+      batchrun sandbox --state-dir ~/.cache/batchrun-sandbox   # survives restarts
       # then paste the two export lines it prints into the shell running batchrun
     """
     logging.basicConfig(
@@ -187,8 +202,11 @@ def sandbox_command(
             seed=seed,
             faults=faults,
             allow_remote=allow_remote,
+            state_dir=state_dir,
         )
         run_sandbox(config, host, port, storage_port=storage_port, on_ready=_announce)
+    except SandboxStateError as exc:
+        raise click.ClickException(str(exc)) from exc
     except (ValueError, CatalogError) as exc:
         raise click.UsageError(str(exc)) from exc
     except OSError as exc:

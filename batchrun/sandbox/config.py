@@ -26,6 +26,12 @@ class SandboxConfig:
 
     `allow_remote` lets the sandbox fetch input URLs and deliver webhooks to hosts other
     than loopback; off by default so a sandbox never reaches the internet unasked.
+
+    `state_dir` makes the sandbox persistent, as a real account is: runs, uploaded
+    assets, output files, credits, the rate-limit windows, the API key (generated once
+    when `api_key` is None), the webhook signing key and `stats.runs` are kept there
+    and loaded on the next start, whatever port that start binds. One sandbox at a
+    time may use a state dir (see batchrun.sandbox.state).
     """
 
     api_key: str | None = None
@@ -42,6 +48,7 @@ class SandboxConfig:
     seed: int = 0
     faults: Faults = field(default_factory=Faults)
     allow_remote: bool = False
+    state_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
         low, high = self.run_seconds

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 
@@ -60,6 +60,23 @@ class FixedWindowLimiter:
             remaining=max(0, self.limit - used),
             reset_seconds=start + self.window - now,
         )
+
+    def export(self) -> dict[str, tuple[float, int]]:
+        """Open windows as {key: (seconds left, requests used)}, for a snapshot."""
+        now = self._clock()
+        return {
+            key: (start + self.window - now, used)
+            for key, (start, used) in self._windows.items()
+            if now < start + self.window
+        }
+
+    def restore(self, windows: Mapping[str, tuple[float, int]], elapsed: float) -> None:
+        """Reopen the windows `export` gave `elapsed` seconds ago, if still open."""
+        now = self._clock()
+        for key, (left, used) in windows.items():
+            left = min(left - elapsed, self.window)
+            if left > 0:
+                self._windows[key] = (now - (self.window - left), used)
 
     def _current(self, key: str, now: float) -> tuple[float, int]:
         start, used = self._windows.get(key, (now, 0))

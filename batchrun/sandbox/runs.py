@@ -5,6 +5,10 @@ completed (some outputs may have errored) or failed (all errored; errorMessage s
 completedAt is set on every terminal status (Decisions 2 and 3). Each run is driven
 by one asyncio task; its timings and simulated failures come from an RNG seeded by
 (seed, creation order), so a given seed replays the same batch the same way.
+
+A run's schedule is anchored to its createdAt and startedAt (wall clock), so a run
+loaded from a state dir resumes as if the sandbox had never stopped: the downtime
+counts as elapsed, and whatever fell due meanwhile happens at once.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Output:
     value: str | None = None
     status: str = "pending"
     error: str | None = None
+    path: str | None = None  # the storage path of a media value, which outlives ports
 
     def to_api(self) -> dict[str, Any]:
         """The output object of the API."""
@@ -87,6 +92,7 @@ class Run:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     version: int = 0
+    _on_change: Callable[[Run], None] | None = field(default=None, repr=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _subscribers: list[asyncio.Queue[dict[str, Any] | None]] = field(
         default_factory=list, repr=False
@@ -106,6 +112,8 @@ class Run:
             snapshot = self.to_api()
             for queue in self._subscribers:
                 queue.put_nowait(snapshot)
+        if self._on_change is not None:
+            self._on_change(self)
 
     def wake(self) -> None:
         """Wake every waiter without a change (the sandbox is shutting down).
@@ -180,18 +188,32 @@ def _iso_or_none(moment: datetime | None) -> str | None:
     return None if moment is None else iso_time(moment)
 
 
-class RunStore:
-    """Every run the sandbox created, by id and in creation order."""
+def _age(moment: datetime) -> float:
+    """Seconds since `moment` (never negative, should the wall clock step back)."""
+    return max(0.0, (now_ms() - moment).total_seconds())
 
-    def __init__(self, config: SandboxConfig) -> None:
+
+class RunStore:
+    """Every run the sandbox created, by id and in creation order.
+
+    `on_change(run)` hears of every new run and every change to one (the state
+    journal listens here).
+    """
+
+    def __init__(
+        self, config: SandboxConfig, on_change: Callable[[Run], None] | None = None
+    ) -> None:
         self._config = config
+        self._on_change = on_change
         self._runs: dict[str, Run] = {}
+        self._next_sequence = 0
 
     def create(
         self, app: SandboxApp, inputs: dict[str, str], webhook_url: str | None
     ) -> Run:
         """A new queued run with its outputs' placeholders and its simulation plan."""
-        sequence = len(self._runs)
+        sequence = self._next_sequence
+        self._next_sequence += 1
         rng = random.Random(f"{self._config.seed}:{sequence}")
         created_at = now_ms()
         stamp = int(created_at.timestamp() * 1000)
@@ -213,9 +235,23 @@ class RunStore:
             created_at=created_at,
             sequence=sequence,
             webhook_url=webhook_url,
+            _on_change=self._on_change,
         )
         self._runs[run.run_id] = run
+        if self._on_change is not None:
+            self._on_change(run)
         return run
+
+    def restore(self, runs: list[Run]) -> None:
+        """Take back runs a previous sandbox saved; new runs are numbered after them."""
+        for run in runs:
+            run._on_change = self._on_change
+            self._runs[run.run_id] = run
+            self._next_sequence = max(self._next_sequence, run.sequence + 1)
+
+    def runs(self) -> list[Run]:
+        """Every run, in creation order."""
+        return sorted(self._runs.values(), key=lambda run: run.sequence)
 
     def get(self, run_id: str) -> Run | None:
         """The run with this id, or None."""
@@ -394,16 +430,22 @@ class RunSimulator:
 
     async def _lifecycle(self, run: Run) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(run.plan.queue_seconds)
-        run.status = "running"
-        run.started_at = now_ms()
-        run.touch()
-        logger.debug("sandbox.run.running run=%s app=%s", run.run_id, run.app.name)
+        if run.status == "queued":
+            # Measured from createdAt, not from now: a run loaded after a restart
+            # has been queued all the while the sandbox was down.
+            await asyncio.sleep(max(0.0, run.plan.queue_seconds - _age(run.created_at)))
+            run.status = "running"
+            run.started_at = now_ms()
+            run.touch()
+            logger.debug("sandbox.run.running run=%s app=%s", run.run_id, run.app.name)
 
-        started = loop.time()
+        assert run.started_at is not None
+        started = loop.time() - _age(run.started_at)
         count = len(run.outputs)
         media: FetchedMedia | None = None
         for index, output in enumerate(run.outputs):
+            if output.status != "pending":
+                continue  # settled before the sandbox restarted
             if media is None and not self._doomed(run, index):
                 media = await self._media.fetch(App.from_api(run.app.app), run.inputs)
             outcome = await self._produce(run, index, media)
@@ -455,9 +497,10 @@ class RunSimulator:
         if spec.type == "text" and outcome.text is not None:
             output.value = outcome.text
         else:
-            output.value = self._storage.put_output(
+            output.path = self._storage.put_output(
                 run.run_id, output.id, outcome.ext, outcome.data, outcome.content_type
             )
+            output.value = self._storage.url_for(output.path)
         output.status = "completed"
 
     def _finish(self, run: Run, status: str) -> None:

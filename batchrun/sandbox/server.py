@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -45,6 +45,9 @@ from batchrun.sandbox.runs import (
 from batchrun.sandbox.stats import RunRecord, SandboxStats
 from batchrun.sandbox.storage import MEDIA_TYPES, Storage
 from batchrun.sandbox.webhooks import WebhookSigner
+
+if TYPE_CHECKING:
+    from batchrun.sandbox.state import StateDir
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class ApiContext:
     limiter: FixedWindowLimiter
     account: Account
     rng: random.Random = field(default_factory=random.Random)
+    state: StateDir | None = None  # journals new runs' records and credits
     # Set when the sandbox stops, so long-polls answer and streams end at once.
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -306,9 +310,10 @@ class _Api:
 
         run = ctx.store.create(app, resolved, webhook)
         ctx.account.charge(ctx.config.credit_cost)
-        ctx.stats.runs.append(
-            RunRecord(run.run_id, app.app_id, inputs, iso_time(run.created_at))
-        )
+        record = RunRecord(run.run_id, app.app_id, inputs, iso_time(run.created_at))
+        ctx.stats.runs.append(record)
+        if ctx.state is not None:
+            ctx.state.record_created(record, ctx.account.balance, ctx.account.used)
         ctx.simulator.start(run)
         logger.info("sandbox.run.created run=%s app=%s", run.run_id, app.name)
         if ctx.faults().trip("lost_response", ctx.rng, "create_run"):

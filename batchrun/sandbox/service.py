@@ -5,6 +5,9 @@
 
 Everything that needs an event loop (sites, the client session, tasks) is created in
 `__aenter__`, so a Sandbox can be constructed anywhere but entered only inside a loop.
+With `config.state_dir`, starting also locks that dir and loads what a previous
+sandbox left there (batchrun.sandbox.state), so `api_key` and the signing key are
+final only once the sandbox has started.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import contextlib
 import logging
 import random
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -29,6 +34,12 @@ from batchrun.sandbox.media import MediaFetcher
 from batchrun.sandbox.ratelimit import FixedWindowLimiter
 from batchrun.sandbox.runs import Run, RunSimulator, RunStore
 from batchrun.sandbox.server import Account, ApiContext, build_api_app
+from batchrun.sandbox.state import (
+    StateDir,
+    build_snapshot,
+    record_from_state,
+    run_from_state,
+)
 from batchrun.sandbox.stats import SandboxStats
 from batchrun.sandbox.storage import Storage, build_storage_app
 from batchrun.sandbox.webhooks import WebhookSender, WebhookSigner
@@ -54,14 +65,7 @@ class Sandbox:
         self.host = host
         self.port = port
         self.storage_port = storage_port
-        self.api_key = self.config.api_key or generate_api_key()
-        # Stable per key, so a client configured once keeps matching across restarts.
-        self.workspace_id = str(
-            uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox:{self.api_key}:ws")
-        )
-        self.user_id = str(
-            uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox:{self.api_key}:user")
-        )
+        self._set_api_key(self.config.api_key or generate_api_key())
         self.apps: list[SandboxApp] = load_catalog(self.config.apps_file)
         self.faults: Faults = self.config.faults
         self.stats = SandboxStats()
@@ -73,8 +77,16 @@ class Sandbox:
         self._simulator: RunSimulator | None = None
         self._webhooks: WebhookSender | None = None
         self._context: ApiContext | None = None
+        self._state: StateDir | None = None
+        self._limiter_windows: dict[str, tuple[float, int]] = {}
         self.base_url = ""
         self.storage_url = ""
+
+    def _set_api_key(self, key: str) -> None:
+        self.api_key = key
+        # Stable per key, so a client configured once keeps matching across restarts.
+        self.workspace_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox:{key}:ws"))
+        self.user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox:{key}:user"))
 
     @property
     def signing_public_key(self) -> Ed25519PublicKey:
@@ -110,8 +122,22 @@ class Sandbox:
         await self.close()
 
     async def start(self) -> None:
-        """Bind both sites and get ready to serve (must run inside the event loop)."""
+        """Bind both sites and get ready to serve (must run inside the event loop).
+
+        With a state dir, raises SandboxStateError when another sandbox holds it.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
+        account = Account(balance=config.credits)
+        if config.state_dir is not None:
+            self._state = StateDir.open(config.state_dir)
+            account = self._adopt_identity(self._state)
         self._session = aiohttp.ClientSession()
         rng = random.Random(f"{config.seed}:faults")
         media = MediaFetcher(
@@ -133,6 +159,8 @@ class Sandbox:
         )
         self.storage_url = await self._serve(storage_app, self.storage_port)
         self.storage.base_url = self.storage_url
+        if self._state is not None:
+            self._load_runs(self._state)
 
         context = ApiContext(
             config=config,
@@ -148,11 +176,22 @@ class Sandbox:
             limiter=FixedWindowLimiter(
                 config.rate_limit, config.scaled(config.rate_window)
             ),
-            account=Account(balance=config.credits),
+            account=account,
             rng=rng,
+            state=self._state,
         )
         self._context = context
+        if self._state is not None:
+            self._state.start(self._snapshot)
+            if self._limiter_windows:
+                saved_at = self._state.saved.saved_at or time.time()
+                context.limiter.restore(
+                    self._limiter_windows, max(0.0, time.time() - saved_at)
+                )
         self.base_url = await self._serve(build_api_app(context), self.port)
+        for run in self.store.runs():
+            if not run.terminal:
+                self._simulator.start(run)  # resumes where its schedule says
         logger.info(
             "sandbox.started api=%s storage=%s apps=%d",
             self.base_url,
@@ -160,8 +199,62 @@ class Sandbox:
             len(self.apps),
         )
 
+    def _adopt_identity(self, state: StateDir) -> Account:
+        """Take the key, signing key, upload secret and credits the state dir holds."""
+        saved = state.saved
+        if self.config.api_key is None and saved.api_key is not None:
+            self._set_api_key(saved.api_key)
+        if saved.signing_key is not None:
+            self._signer = WebhookSigner.from_private_bytes(saved.signing_key)
+        self.storage = Storage(
+            saved.storage_secret, state.objects_dir, on_put=state.record_object
+        )
+        self.storage.restore(saved.objects)
+        self.store = RunStore(self.config, on_change=state.record_run)
+        self.stats.runs[:] = [record_from_state(r) for r in saved.stats_runs.values()]
+        self.stats.on_reset.append(state.record_stats_reset)
+        self._limiter_windows = saved.limiter
+        if saved.account is None:
+            return Account(balance=self.config.credits)
+        # A real account's balance persists; --credits only seeds a new state dir.
+        return Account(balance=saved.account["balance"], used=saved.account["used"])
+
+    def _load_runs(self, state: StateDir) -> None:
+        """Rebuild the saved runs, their media URLs on the storage host as bound now."""
+        apps = {app.app_id: app for app in self.apps}
+        runs = []
+        for data in state.saved.runs.values():
+            run = run_from_state(data, apps, self.storage)
+            if run is None:
+                logger.warning(
+                    "sandbox.state.unknown_app run=%s app=%s (not in this catalog; "
+                    "the run is not loaded)",
+                    data["runId"],
+                    data["appId"],
+                )
+                continue
+            runs.append(run)
+        self.store.restore(runs)
+
+    def _snapshot(self) -> dict[str, Any]:
+        assert self._context is not None
+        context = self._context
+        return build_snapshot(
+            api_key=self.api_key,
+            signing_key=self._signer.private_bytes(),
+            storage=self.storage,
+            runs=self.store.runs(),
+            stats_runs=self.stats.runs,
+            balance=context.account.balance,
+            used=context.account.used,
+            limiter=context.limiter.export(),
+        )
+
     async def close(self) -> None:
-        """Stop runs, webhook deliveries and both sites; safe to call twice."""
+        """Stop runs, webhook deliveries and both sites; safe to call twice.
+
+        With a state dir, the final snapshot is written and the dir released.
+        """
         if self._context is not None:
             self._context.closing.set()
             self.store.wake_all()
@@ -175,6 +268,9 @@ class Sandbox:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._state is not None:
+            self._state.close()
+            self._state = None
         logger.info("sandbox.stopped api=%s", self.base_url)
 
     async def _serve(self, app: web.Application, port: int) -> str:

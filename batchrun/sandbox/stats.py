@@ -8,6 +8,7 @@ requests a batch really cost.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,9 +49,15 @@ class SandboxStats:
     runs: list[RunRecord] = field(default_factory=list)
     key_leaks: int = 0
     webhook_attempts: list[WebhookAttempt] = field(default_factory=list)
+    # Told of every reset (a state dir journals it, so `runs` stays reset on reload).
+    on_reset: list[Callable[[], None]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
     def reset(self) -> None:
         """Forget everything counted so far (runs themselves stay in the sandbox)."""
+        for listener in self.on_reset:
+            listener()
         self.requests.clear()
         self.rate_limited = 0
         self.faults_injected.clear()

@@ -211,7 +211,7 @@ class Storage:
 
 
 def _write_atomically(file: Path, data: bytes) -> None:
-    """Write `data` to `file` so that a reader sees the old file or the whole new one."""
+    """Write `data` to `file` so a reader sees the old file or the whole new one."""
     file.parent.mkdir(parents=True, exist_ok=True)
     temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
     temporary.write_bytes(data)

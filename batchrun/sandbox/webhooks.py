@@ -22,12 +22,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from batchrun.sandbox.config import SandboxConfig
 from batchrun.sandbox.faults import Faults
-from batchrun.sandbox.media import is_loopback_url
 from batchrun.sandbox.stats import SandboxStats, WebhookAttempt
+from batchrun.sandbox.storage import is_loopback_url
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +47,21 @@ class WebhookSigner:
     def __init__(self, private_key: Ed25519PrivateKey | None = None) -> None:
         self._private_key = private_key or Ed25519PrivateKey.generate()
 
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> WebhookSigner:
+        """A signer with the raw 32-byte key `private_bytes` gave (a state dir's)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(raw))
+
     @property
     def public_key(self) -> Ed25519PublicKey:
         """The key receivers verify with."""
         return self._private_key.public_key()
+
+    def private_bytes(self) -> bytes:
+        """The raw 32-byte private key, so a restarted sandbox signs with it again."""
+        return self._private_key.private_bytes(
+            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+        )
 
     def sign(self, timestamp: int, body: bytes) -> str:
         """The lowercase-hex signature over f"{timestamp}." + body."""
