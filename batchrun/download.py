@@ -96,6 +96,9 @@ async def _download_once(
                 handle.flush()
                 os.fsync(handle.fileno())
             content_type = response.headers.get("Content-Type", "")
+    except aiohttp.InvalidURL:
+        part.unlink(missing_ok=True)
+        raise DownloadFailed(f"{_short(url)!r} is not a valid URL") from None
     except (TimeoutError, aiohttp.ClientError) as exc:
         part.unlink(missing_ok=True)
         raise _Transient(

@@ -117,6 +117,7 @@ class PollSource:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._durations: list[float] = []
+        self._listed_at: float | None = None  # when the last round of listings began
         self.polls = 0
 
     async def result(self, run_id: str, app_id: str) -> dict[str, Any]:
@@ -144,10 +145,15 @@ class PollSource:
         floor = self._min_interval
         if floor is None:
             floor = 60.0 / self._client.budget.rate * POLL_SHARE
+        now = self._clock()
+        # The floor runs from the start of the last listing, not from the end of the
+        # reads that followed it: a long backlog of reads already kept the share low,
+        # and idling after it would leave budget slots unused while runs wait.
+        if self._listed_at is not None:
+            floor = max(0.0, floor - (now - self._listed_at))
         if not self._watched or not self._durations:
             return floor
         expected = sorted(self._durations)[len(self._durations) // 2]
-        now = self._clock()
         due = min(w.started + expected - now for w in self._watched.values())
         return min(self._max_interval, max(floor, due))
 
@@ -157,6 +163,7 @@ class PollSource:
                 self._wake.clear()
                 await self._wake.wait()
             await self._sleep(self.interval())
+            self._listed_at = self._clock()
             apps = {w.app_id for w in self._watched.values()}
             for app_id in sorted(apps):
                 try:

@@ -49,7 +49,6 @@ from batchrun.times import format_time, parse_time
 log = logging.getLogger(__name__)
 
 RECONCILE_SKEW = timedelta(seconds=120)
-SUBMIT_ATTEMPTS = 5
 
 MEDIA_TYPES = {"image": "image", "video": "video", "audio": "audio"}
 
@@ -233,11 +232,12 @@ class Runner:
     # -- submitting --------------------------------------------------------------------
 
     async def _submit(self, job: Job) -> str | None:
-        """Start the job's run; its run ID, or None when submissions have stopped."""
+        """Start the job's run: its run ID, or None if it was not submitted."""
         inputs = self._inputs_with_assets(job)
+        attempts = self.retry.retries + 1
         lock = self._app_locks.setdefault(job.app_id, asyncio.Lock())
         async with lock:
-            for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            for attempt in range(1, attempts + 1):
                 if self._stop_submitting:
                     return None
                 since = datetime.now(UTC)
@@ -258,6 +258,9 @@ class Runner:
                     run_id = await self._reconcile(job, format_time(since))
                     if run_id is not None:
                         return run_id
+                    # Nothing was created: safe to send again, after a backoff.
+                    if attempt < attempts:
+                        await asyncio.sleep(self.retry.delay(attempt))
                     continue
                 except QuotaExhausted as exc:
                     self._stop(str(exc))
@@ -282,9 +285,12 @@ class Runner:
                 )
                 return run_id
 
-        reason = f"the run start failed {SUBMIT_ATTEMPTS} times without creating a run"
-        self.manifest.job(job.key, "failed", code="submit_failed", reason=reason)
-        raise JobFailed(reason)
+        # The API is unstable, but nothing was created: leave the job to the next apply
+        # instead of failing it (failed jobs wait for --retry-failed).
+        reason = f"the run start failed {attempts} times without creating a run"
+        self.manifest.job(job.key, "planned")
+        self.tally.failures.append((job.key, self._app(job).name, reason))
+        return None
 
     async def _settle_uncertain(self, steps: list[Step]) -> None:
         """Find out what the starts left unanswered by an earlier process created.

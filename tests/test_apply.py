@@ -288,3 +288,23 @@ async def test_plan_reports_an_app_whose_parameters_changed(tmp_path, sandbox):
 
     assert [c.app.name for c in planned.plan.changed] == ["Cartoonify!"]
     assert planned.plan.changed[0].affected == 2
+
+
+async def test_run_starts_that_keep_failing_leave_the_job_for_the_next_apply(
+    tmp_path, sandbox
+):
+    sandbox.faults.error_routes = {"create_run"}
+    sandbox.faults.error_next = 1_000
+    spec = write_spec(tmp_path, CARTOONS)
+
+    stuck = await run(spec, sandbox, concurrency=1)
+    created_while_stuck = len(sandbox.stats.runs)
+    sandbox.faults.error_next = 0
+    again = await run(spec, sandbox)
+
+    assert stuck.exit_code == 1
+    assert stuck.tally.outcomes["not_submitted"] == 4
+    assert "without creating a run" in stuck.tally.failures[0][2]
+    assert created_while_stuck == 0
+    assert again.exit_code == 0
+    assert len(sandbox.stats.runs) == 4

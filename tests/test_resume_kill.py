@@ -2,9 +2,10 @@
 
 Both the sandbox and every `apply` are real processes: the sandbox is started once per
 test with faults on (lost 202s, dropped connections, 500s, torn downloads), and `apply`
-is SIGKILLed after a seeded random delay, again and again, before one last run goes to
-completion. Then the sandbox's own records show how many runs were really created, and
-the files on disk are checked against the manifest.
+is SIGKILLed again and again (mostly after a seeded random delay; two kills are aimed
+at a run start in flight) before one last run goes to completion. Then the sandbox's
+own records show how many runs were really created, and the files on disk are checked
+against the manifest and against what the sandbox made.
 
 Reproduce a failure with the seed printed in its captured output:
     BATCHRUN_KILL_SEED=1234 pytest tests/test_resume_kill.py -q
@@ -40,18 +41,17 @@ KILLS = 8
 # the kills land in planning, uploads, submissions, polling and downloads rather
 # than in Python's start-up, which takes most of a second on a busy machine.
 KILL_DELAY = (0.05, 1.5)
-# These kills wait for a run start to be in flight instead: the sandbox holds every
-# answer back a little, and the kill comes once "submitting" is on disk, which is the
-# moment a crash leaves a run that may or may not exist (a random kill rarely hits
-# that window of a few milliseconds).
-KILLS_MID_SUBMIT = (3, 6)
-SUBMIT_HOLD = 0.25
+# Two kills aim at the window a random kill rarely hits (a few milliseconds): a run
+# start sent but unanswered. The sandbox holds every answer back HOLD s meanwhile.
+KILL_BEFORE_ANSWER = 3  # once "submitting" is on disk, before the run exists
+KILL_AFTER_LOST_ANSWER = 6  # once the run exists and its 202 was lost
+HOLD = 0.25
 START_TIMEOUT = 20.0
 FINAL_TIMEOUT = 60.0
 
 # 500s and drops stay moderate: a run start gets five attempts back to back (no
-# backoff), and at 10% 500s about one run of this test in a hundred saw a job fail all
-# five, which is a submission problem, not a resume one.
+# backoff), and with 10% 500s and 5% drops one run of this test in about fifteen saw
+# a job fail all five: a submission problem (reported), not a resume one.
 SANDBOX_FLAGS = (
     "--run-seconds", "0.2,0.6",
     "--queue-seconds", "0.05",
@@ -126,6 +126,10 @@ class SandboxProcess:
         )
         with urllib.request.urlopen(request, timeout=5):
             pass
+
+    def lost_answers(self) -> int:
+        """How many run starts created a run whose 202 the sandbox then dropped."""
+        return int(self.stats()["faultsInjected"].get("lost_response", 0))
 
     def env(self) -> dict[str, str]:
         """An environment pointing batchrun at this sandbox."""
@@ -203,6 +207,8 @@ class Kill:
     returncode: int
     states: dict[str, int]
     last_record: str
+    uncertain: tuple[str, ...]  # jobs whose run start was left unanswered
+    offset: int  # the manifest's size when the process died
 
     def cut_short(self, jobs: int) -> bool:
         """Whether this kill interrupted an unfinished batch."""
@@ -211,8 +217,8 @@ class Kill:
     def line(self) -> str:
         states = " ".join(f"{k}={v}" for k, v in sorted(self.states.items()))
         return (
-            f"kill {self.number}: {self.when}, rc="
-            f"{self.returncode}, last record: {self.last_record}; {states}"
+            f"kill {self.number}: {self.when}, rc={self.returncode}, last record: "
+            f"{self.last_record}; {states}; unanswered: {list(self.uncertain)}"
         )
 
 
@@ -233,9 +239,9 @@ def interrupt_after(
     command: list[str],
     env: dict[str, str],
     log: Path,
-    *,
     delay: float,
     signum: int,
+    *,
     ready: Callable[[str], bool] | None = None,
 ) -> int:
     """Run `command`, send `signum` `delay` s after it first logs; its return code.
@@ -291,17 +297,61 @@ def submitting_since(path: Path) -> Callable[[str], bool]:
     return ready
 
 
-def manifest_summary(path: Path) -> tuple[dict[str, int], str]:
-    """Jobs per folded state, and the kind of the last whole record."""
+def kill_apply(
+    number: int,
+    command: list[str],
+    env: dict[str, str],
+    sandbox: SandboxProcess,
+    manifest_path: Path,
+    log: Path,
+    rng: random.Random,
+) -> Kill:
+    """Start apply and SIGKILL it: aimed (see KILL_BEFORE_ANSWER) or after a delay."""
+    kill = signal.SIGKILL
+    if number == KILL_BEFORE_ANSWER:
+        when = "run start sent, no answer yet"
+        sandbox.set_faults(delay=HOLD)
+        ready = submitting_since(manifest_path)
+        returncode = interrupt_after(command, env, log, 0.0, kill, ready=ready)
+        sandbox.set_faults(delay=0.0)
+    elif number == KILL_AFTER_LOST_ANSWER:
+        when = "run created, its answer lost"
+        lost = sandbox.lost_answers()
+        sandbox.set_faults(delay=HOLD, lost_response_next=1)
+        returncode = interrupt_after(
+            command, env, log, 0.0, kill, ready=lambda _: sandbox.lost_answers() > lost
+        )
+        sandbox.set_faults(delay=0.0, lost_response_next=0)
+    else:
+        delay = rng.uniform(*KILL_DELAY)
+        when = f"{delay:.3f} s after its first log line"
+        returncode = interrupt_after(command, env, log, delay, kill)
+    return Kill(number, when, returncode, *manifest_summary(manifest_path))
+
+
+def manifest_summary(path: Path) -> tuple[dict[str, int], str, tuple[str, ...], int]:
+    """Jobs per state, the last whole record, unanswered starts, the size."""
     if not path.exists():
-        return {}, "no manifest yet"
+        return {}, "no manifest yet", (), 0
     folded = Manifest.read(path)
     states = Counter("done" if s.done else s.state for s in folded.jobs.values())
-    states["uncertain"] = sum(s.uncertain for s in folded.jobs.values())
-    lines = path.read_bytes().split(b"\n")
-    whole = [line for line in lines[:-1] if line.strip()]
+    uncertain = tuple(s.key for s in folded.jobs.values() if s.uncertain)
+    data = path.read_bytes()
+    whole = [line for line in data.split(b"\n")[:-1] if line.strip()]
     last = json.loads(whole[-1]) if whole else {}
-    return dict(states), str(last.get("state") or last.get("type") or "nothing")
+    kind = str(last.get("state") or last.get("type") or "nothing")
+    return dict(states), kind, uncertain, len(data)
+
+
+def adopted_after(path: Path, offset: int, key: str) -> bool:
+    """Whether a later apply took the run a lost start of job `key` had created."""
+    later = path.read_bytes()[offset:].splitlines()
+    return any(
+        record.get("key") == key
+        and record.get("state") == "submitted"
+        and record.get("reconciled") is True
+        for record in (json.loads(line) for line in later if line.strip())
+    )
 
 
 # -- what must be true afterwards ------------------------------------------------------
@@ -370,6 +420,21 @@ def assert_every_output_on_disk(out: Path, manifest: Manifest) -> None:
     assert on_disk == recorded
 
 
+def assert_outputs_match_the_sandbox(
+    manifest: Manifest, out: Path, sandbox: SandboxProcess
+) -> None:
+    """Each file holds what the sandbox made, not only what the manifest noted."""
+    sandbox.set_faults(truncate_rate=0.0)  # the check's own reads must be whole
+    for state in manifest.jobs.values():
+        for output in state.completed_outputs:
+            saved = (out / state.downloads[str(output["id"])].path).read_bytes()
+            if output["type"] == "text":
+                assert saved == str(output["value"]).encode(), state.key
+            else:
+                with urllib.request.urlopen(str(output["value"]), timeout=5) as r:
+                    assert saved == r.read(), state.key
+
+
 def assert_status_all_done(manifest_path: Path, jobs: int) -> None:
     status = subprocess.run(
         [sys.executable, "-m", "batchrun", "status", str(manifest_path), "--json"],
@@ -408,27 +473,12 @@ def test_apply_resumes_after_sigkill_at_random_moments(
 
     for number in range(1, KILLS + 1):
         log = tmp_path / f"apply-{number}.log"
-        if number in KILLS_MID_SUBMIT:
-            when = f"mid-submit (answers held {SUBMIT_HOLD} s)"
-            sandbox_process.set_faults(delay=SUBMIT_HOLD)
-            returncode = interrupt_after(
-                command,
-                env,
-                log,
-                delay=0.0,
-                signum=signal.SIGKILL,
-                ready=submitting_since(manifest_path),
-            )
-            sandbox_process.set_faults(delay=0.0)
-        else:
-            delay = rng.uniform(*KILL_DELAY)
-            when = f"{delay:.3f} s after first log"
-            returncode = interrupt_after(
-                command, env, log, delay=delay, signum=signal.SIGKILL
-            )
+        kill = kill_apply(
+            number, command, env, sandbox_process, manifest_path, log, rng
+        )
+        kills.append(kill)
         logs.append(log.read_text(errors="replace"))
-        kills.append(Kill(number, when, returncode, *manifest_summary(manifest_path)))
-        print(kills[-1].line())
+        print(kill.line())
         if number == KILLS // 2 and manifest_path.exists():
             # SIGKILL cannot tear one small write() on Linux; a power cut can. Leave
             # what one would, so the next apply has a torn record to cut off.
@@ -446,8 +496,11 @@ def test_apply_resumes_after_sigkill_at_random_moments(
     assert sum(k.cut_short(jobs=32) for k in kills) >= KILLS // 2, (
         "most kills came after the batch was done: the test proved little"
     )
-    assert any(kills[n - 1].states["uncertain"] for n in KILLS_MID_SUBMIT), (
-        "no kill left a run start unanswered"
+    unanswered = kills[KILL_BEFORE_ANSWER - 1]
+    assert unanswered.uncertain, unanswered.line()
+    lost = kills[KILL_AFTER_LOST_ANSWER - 1]
+    assert any(adopted_after(manifest_path, lost.offset, k) for k in lost.uncertain), (
+        lost.line()
     )
     assert any("manifest.repaired" in text for text in logs)
     for line in manifest_path.read_bytes().splitlines():
@@ -461,6 +514,7 @@ def test_apply_resumes_after_sigkill_at_random_moments(
     }
     assert stats["keyLeaks"] == 0
     assert_every_output_on_disk(out, manifest)
+    assert_outputs_match_the_sandbox(manifest, out, sandbox_process)
     assert_status_all_done(manifest_path, 32)
 
 
