@@ -24,7 +24,7 @@ import aiohttp
 
 from batchrun.apps import App, is_app_id
 from batchrun.client import DEFAULT_BASE_URL, LaminaClient
-from batchrun.errors import ApiError, Problem, SpecError, UsageError
+from batchrun.errors import ApiError, ManifestError, Problem, SpecError, UsageError
 from batchrun.jobs import Job, plan_jobs
 from batchrun.limits import DEFAULT_RATE, RequestBudget
 from batchrun.manifest import Manifest
@@ -132,9 +132,11 @@ async def plan_async(
     overrides = overrides or Overrides()
     loaded = load_spec(spec)
     settings = effective_settings(loaded, overrides)
-    async with connect(target or Target(), settings) as api:
-        jobs, apps = await _expand(api.client, loaded, settings)
     output_dir, manifest_path = _paths(loaded, settings)
+    async with connect(
+        target or Target(), settings, sandbox_state=_sandbox_state(output_dir)
+    ) as api:
+        jobs, apps = await _expand(api.client, loaded, settings)
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
         states, recorded = manifest.jobs, _recorded_apps(manifest)
@@ -166,7 +168,12 @@ async def apply_async(
     filename = parse_template(settings.filename)
     output_dir, manifest_path = _paths(loaded, settings)
 
-    async with connect(target or Target(), settings, retry=retry) as api:
+    async with connect(
+        target or Target(),
+        settings,
+        retry=retry,
+        sandbox_state=_sandbox_state(output_dir),
+    ) as api:
         jobs, apps = await _expand(api.client, loaded, settings)
         with Manifest.open(manifest_path) as manifest:
             built = build_plan(
@@ -261,6 +268,11 @@ def effective_settings(spec: Spec, overrides: Overrides) -> Settings:
     return settings
 
 
+def _sandbox_state(output_dir: Path) -> Path:
+    """Where `--sandbox` keeps its server's state for this batch."""
+    return output_dir / ".sandbox"
+
+
 def _paths(spec: Spec, settings: Settings) -> tuple[Path, Path]:
     output_dir = settings.output_dir or (Path.cwd() / "out" / spec.path.stem)
     manifest = settings.manifest or (output_dir / "manifest.jsonl")
@@ -279,19 +291,36 @@ class Connection:
 
 @asynccontextmanager
 async def connect(
-    target: Target, settings: Settings, *, retry: RetryPolicy | None = None
+    target: Target,
+    settings: Settings,
+    *,
+    retry: RetryPolicy | None = None,
+    sandbox_state: Path | None = None,
 ) -> AsyncIterator[Connection]:
     """An API client (and storage session, and sandbox when asked), closed on exit.
 
     `retry` replaces the backoff policy built from the settings (tests pass a fast one).
+    `sandbox_state` is where an embedded sandbox keeps its runs, so that a resumed
+    `apply --sandbox` finds the runs the interrupted one started.
     """
     async with AsyncExitStack() as stack:
         sandbox = None
         if target.sandbox:
-            from batchrun.sandbox import Sandbox, SandboxConfig
+            # Imported here: the sandbox brings Pillow, which real batches never need.
+            from batchrun.sandbox import Sandbox, SandboxConfig, SandboxStateError
 
-            config = SandboxConfig(**target.sandbox_options)
-            sandbox = await stack.enter_async_context(Sandbox(config))
+            options = dict(target.sandbox_options)
+            if sandbox_state is not None:
+                options.setdefault("state_dir", sandbox_state)
+            try:
+                sandbox = await stack.enter_async_context(
+                    Sandbox(SandboxConfig(**options))
+                )
+            except SandboxStateError as exc:
+                raise ManifestError(
+                    f"another batchrun is using this batch's sandbox ({exc}); wait for "
+                    "it to finish, or pass a different --out"
+                ) from None
             base_url, api_key = sandbox.base_url, sandbox.api_key
         else:
             base_url = target.base_url or os.environ.get("LAMINA_BASE_URL") or ""

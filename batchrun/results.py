@@ -33,6 +33,8 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 # List requests may take at most one slot in this many of the request budget.
 POLL_SHARE = 15
+# Result reads sent at once by a poll round.
+READS_IN_FLIGHT = 2
 # How far the server's clock may be from ours when we bound a listing by local time.
 CLOCK_SKEW = timedelta(seconds=120)
 
@@ -207,18 +209,32 @@ class PollSource:
         for run_id in unseen:
             watches[run_id].misses += 1
         missing = [r for r in unseen if watches[r].misses >= 2]
-        for run_id in finished + missing:
+        # Two reads in flight keep the budget busy (one waits for its slot while the
+        # other's answer travels); the gate lets one at a time check that no run start
+        # is waiting first (see defer_to_waiting).
+        gate, slots = asyncio.Lock(), asyncio.Semaphore(READS_IN_FLIGHT)
+
+        async def read(run_id: str) -> None:
             watch = watches[run_id]
-            await defer_to_waiting(self._client, self._sleep)
-            try:
-                run = await self._client.get_run(run_id)
-            except ApiError as exc:
-                if not watch.future.done():
-                    watch.future.set_exception(exc)
-                continue
+            async with slots:
+                async with gate:
+                    await defer_to_waiting(self._client, self._sleep)
+                try:
+                    run = await self._client.get_run(run_id)
+                except ApiError as exc:
+                    if not watch.future.done():
+                        watch.future.set_exception(exc)
+                    return
             watch.misses = 0
             if is_terminal(run) and not watch.future.done():
                 watch.future.set_result(run)
+
+        outcomes = await asyncio.gather(
+            *(read(r) for r in finished + missing), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def _observe(self, watch: _Watch, run: dict[str, Any]) -> None:
         """Learn how long runs take, from a listing that shows one ended.

@@ -308,3 +308,34 @@ async def test_run_starts_that_keep_failing_leave_the_job_for_the_next_apply(
     assert created_while_stuck == 0
     assert again.exit_code == 0
     assert len(sandbox.stats.runs) == 4
+
+
+async def test_an_interrupted_sandbox_batch_resumes_with_its_runs(tmp_path):
+    import asyncio
+
+    spec = write_spec(tmp_path, CARTOONS)
+    fast = {"queue_seconds": 0.05, "run_seconds": (0.3, 0.5), "rate_limit": 10_000}
+    sandboxed = Target(sandbox=True, sandbox_options=fast)
+    options = Overrides(output_dir=tmp_path / "out", concurrency=2)
+    manifest = tmp_path / "out" / "manifest.jsonl"
+
+    first = asyncio.create_task(
+        apply_async(spec, target=sandboxed, overrides=options, retry=FAST_RETRY)
+    )
+    while not (manifest.exists() and b'"submitted"' in manifest.read_bytes()):
+        await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    interrupted = Manifest.read(manifest)
+    started = {s.run_id for s in interrupted.jobs.values() if s.run_id}
+
+    result = await apply_async(
+        spec, target=sandboxed, overrides=options, retry=FAST_RETRY
+    )
+
+    finished = Manifest.read(manifest)
+    assert started
+    assert result.exit_code == 0
+    assert started <= {s.run_id for s in finished.jobs.values()}
+    assert len({s.run_id for s in finished.jobs.values()}) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -105,8 +106,8 @@ async def upload(sandbox: Sandbox, photo: Path) -> str:
 async def test_a_run_stopped_mid_flight_finishes_after_a_restart(tmp_path):
     async with Sandbox(config(tmp_path, **SLOW)) as first:
         run_id = await start_run(first, CARTOONIFY_ID, {"Style": "Ghibli"})
-        while first.run(run_id).status != "running":  # type: ignore[union-attr]
-            await call(first, "GET", f"/v1/runs/{run_id}/wait?timeout=1")
+        while first.run(run_id).status == "queued":  # type: ignore[union-attr]
+            await asyncio.sleep(0.005)
         _, before = await call(first, "GET", f"/v1/runs/{run_id}")
 
     async with Sandbox(config(tmp_path, **SLOW), **moved(first)) as second:
@@ -168,7 +169,9 @@ async def test_an_asset_url_from_before_a_restart_still_works_as_an_input(tmp_pa
         asset_url = await upload(first, photo)
 
     async with Sandbox(config(tmp_path), **moved(first)) as second:
-        run_id = await start_run(second, CARTOONIFY_ID, {"Upload": asset_url})
+        run_id = await start_run(
+            second, CARTOONIFY_ID, {"Upload": asset_url, "Style": "Ghibli"}
+        )
         run = await wait(second, run_id)
         served_at = second.storage_url + asset_url.removeprefix(first.storage_url)
         status, data = await download(served_at)
@@ -185,7 +188,9 @@ async def test_an_unknown_url_on_a_dead_port_is_not_mistaken_for_an_asset(tmp_pa
     never_uploaded = asset_url.rsplit("/", 2)[0] + "/nope/coffee.jpg"
 
     async with Sandbox(config(tmp_path), **moved(first)) as second:
-        run_id = await start_run(second, CARTOONIFY_ID, {"Upload": never_uploaded})
+        run_id = await start_run(
+            second, CARTOONIFY_ID, {"Upload": never_uploaded, "Style": "Ghibli"}
+        )
         run = await wait(second, run_id)
 
     assert run["status"] == "failed"
@@ -268,6 +273,25 @@ async def test_the_rate_limit_window_is_not_refilled_by_a_restart(tmp_path):
 
     assert status == 429
     assert body["code"] == "RATE_LIMITED"
+
+
+async def test_runs_of_an_app_missing_from_the_catalog_are_kept_for_later(tmp_path):
+    only_cartoonify = tmp_path / "apps.json"
+    catalog = json.loads((REPO / "batchrun/sandbox/apps.json").read_text())
+    catalog["apps"] = [a for a in catalog["apps"] if a["appId"] == CARTOONIFY_ID]
+    only_cartoonify.write_text(json.dumps(catalog))
+    async with Sandbox(config(tmp_path / "state")) as first:
+        run_id = await start_run(first, COPYWRITER_ID, {"Product": "a lamp"})
+        await wait(first, run_id)
+
+    async with Sandbox(config(tmp_path / "state", apps_file=only_cartoonify)) as narrow:
+        missing, _ = await call(narrow, "GET", f"/v1/runs/{run_id}")
+    async with Sandbox(config(tmp_path / "state")) as full:
+        found, body = await call(full, "GET", f"/v1/runs/{run_id}")
+
+    assert missing == 404
+    assert found == 200
+    assert body["data"]["status"] == "completed"
 
 
 # -- the state dir itself --------------------------------------------------------------

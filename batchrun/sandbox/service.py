@@ -79,6 +79,8 @@ class Sandbox:
         self._context: ApiContext | None = None
         self._state: StateDir | None = None
         self._limiter_windows: dict[str, tuple[float, int]] = {}
+        # Saved runs this catalog cannot serve, kept as saved so no snapshot drops them.
+        self._unloaded_runs: list[dict[str, Any]] = []
         self.base_url = ""
         self.storage_url = ""
 
@@ -224,14 +226,25 @@ class Sandbox:
         apps = {app.app_id: app for app in self.apps}
         runs = []
         for data in state.saved.runs.values():
-            run = run_from_state(data, apps, self.storage)
+            try:
+                run = run_from_state(data, apps, self.storage)
+            except (KeyError, TypeError, ValueError) as exc:
+                # One garbled run must not keep the other thousand from loading.
+                logger.warning(
+                    "sandbox.state.bad_run run=%s error=%r (not loaded)",
+                    data.get("runId"),
+                    exc,
+                )
+                self._unloaded_runs.append(data)
+                continue
             if run is None:
                 logger.warning(
                     "sandbox.state.unknown_app run=%s app=%s (not in this catalog; "
-                    "the run is not loaded)",
+                    "the run is not loaded, but stays in the state dir)",
                     data["runId"],
                     data["appId"],
                 )
+                self._unloaded_runs.append(data)
                 continue
             runs.append(run)
         self.store.restore(runs)
@@ -244,6 +257,7 @@ class Sandbox:
             signing_key=self._signer.private_bytes(),
             storage=self.storage,
             runs=self.store.runs(),
+            unloaded_runs=self._unloaded_runs,
             stats_runs=self.stats.runs,
             balance=context.account.balance,
             used=context.account.used,

@@ -224,19 +224,24 @@ def build_snapshot(
     signing_key: bytes,
     storage: Storage,
     runs: list[Run],
+    unloaded_runs: list[dict[str, Any]],
     stats_runs: list[RunRecord],
     balance: int | None,
     used: int,
     limiter: Mapping[str, tuple[float, int]],
 ) -> dict[str, Any]:
-    """The body of state.json (StateDir adds format, generation and savedAt)."""
+    """The body of state.json (StateDir adds format, generation and savedAt).
+
+    `unloaded_runs` are saved runs this sandbox could not load (say, their app is not
+    in today's catalog): they are written back as they were read.
+    """
     return {
         "identity": {
             "apiKey": api_key,
             "signingKey": base64.b64encode(signing_key).decode(),
             "storageSecret": base64.b64encode(storage.secret).decode(),
         },
-        "runs": [run_to_state(run) for run in runs],
+        "runs": [*unloaded_runs, *(run_to_state(run) for run in runs)],
         "statsRuns": [record_to_state(record) for record in stats_runs],
         "account": {"balance": balance, "used": used},
         "limiter": {key: [left, used] for key, (left, used) in limiter.items()},
