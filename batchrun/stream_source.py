@@ -39,6 +39,8 @@ _BREAKS: tuple[type[BaseException], ...] = (
 
 # Consecutive breaks of one run's stream before it is read and long-polled instead.
 MAX_BREAKS = 3
+# Streams opening at once; more let more of them slip in between run starts.
+OPENING_AT_ONCE = 1
 FINAL_EVENTS = frozenset({"complete", "error"})
 
 
@@ -65,7 +67,9 @@ class StreamSource:
         self._sleep = sleep
         self.progress: dict[str, OutputProgress] = {}  # run id -> counts, while running
         self.reconnects = 0
-        self._opening = asyncio.Lock()
+        # The gate lets one opener at a time check that no run start waits first.
+        self._opening = asyncio.Semaphore(OPENING_AT_ONCE)
+        self._gate = asyncio.Lock()
 
     def outputs(self) -> OutputProgress:
         """Finished and total outputs over the runs being followed right now."""
@@ -119,15 +123,16 @@ class StreamSource:
     async def _open(self, run_id: str) -> AsyncGenerator[Event, None]:
         """The run's events, opened once run starts waiting for the budget have gone.
 
-        One stream at a time waits its turn, so streams never crowd out run starts: a
-        run started late ends late, a stream opened late only shows progress later (an
-        ended run answers its final event at once).
+        Streams wait their turn, OPENING_AT_ONCE at a time, so they never crowd out
+        run starts: a run started late ends late, a stream opened late only shows
+        progress later (an ended run answers its final event at once).
         """
         # stream_run is an async generator: close it, and its response, when done.
         stream = cast(AsyncGenerator[Event, None], self._client.stream_run(run_id))
         async with contextlib.aclosing(stream) as events:
             async with self._opening:
-                await defer_to_waiting(self._client, self._sleep)
+                async with self._gate:
+                    await defer_to_waiting(self._client, self._sleep)
                 first = await anext(events, None)
             if first is None:
                 return
