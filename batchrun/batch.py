@@ -265,6 +265,11 @@ def effective_settings(spec: Spec, overrides: Overrides) -> Settings:
         raise UsageError("--concurrency must be at least 1")
     if settings.rate is not None and settings.rate < 1:
         raise UsageError("--rate must be at least 1 request per minute")
+    if settings.webhook_url and not settings.webhook_listen:
+        raise UsageError(
+            "--webhook-url needs --webhook-listen HOST:PORT: the local address your "
+            "tunnel or proxy forwards that URL to"
+        )
     return settings
 
 

@@ -167,11 +167,20 @@ class LaminaClient:
     async def stream_run(self, run_id: str) -> AsyncIterator[Event]:
         """The run's server-sent events until the stream ends."""
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=90)
-        async with self._send(
-            "GET", f"/v1/runs/{run_id}/stream", timeout=timeout, stream=True
-        ) as response:
-            async for event in iter_events(response.content):
-                yield event
+        try:
+            async with self._send(
+                "GET", f"/v1/runs/{run_id}/stream", timeout=timeout, stream=True
+            ) as response:
+                async for event in iter_events(response.content):
+                    yield event
+        except _Retryable as exc:
+            raise exc.final() from None
+        except _ServerError as exc:
+            raise exc.api_error from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise TransportError(
+                f"the event stream of run {run_id} broke off ({exc.__class__.__name__})"
+            ) from exc
 
     # -- assets ------------------------------------------------------------------------
 

@@ -72,7 +72,7 @@ async def defer_to_waiting(
 class WaitSource:
     """One long-poll after another on each run."""
 
-    def __init__(self, client: LaminaClient, *, timeout: int = 60) -> None:
+    def __init__(self, client: LaminaClient, *, timeout: int = 120) -> None:
         self._client = client
         self._timeout = timeout
 
@@ -189,7 +189,7 @@ class PollSource:
             )
             self.polls += 1
             for run in runs:
-                run_id = run.get("runId")
+                run_id = str(run.get("runId"))
                 watch = watches.get(run_id)
                 if watch is None:
                     continue

@@ -41,7 +41,7 @@ from batchrun.jobs import Job
 from batchrun.manifest import JobState, Manifest
 from batchrun.naming import output_ext, output_path, with_suffix_number
 from batchrun.plan import DONE, FAILED, RETRY, Plan, Step
-from batchrun.results import ResultSource
+from batchrun.results import ResultSource, is_terminal
 from batchrun.retries import RetryPolicy
 from batchrun.templates import Template
 from batchrun.times import format_time, parse_time
@@ -176,6 +176,7 @@ class Runner:
         run = state.run if state.state in ("finished", "downloaded") else None
         if run is None:
             run_id = state.run_id
+            resumed = run_id is not None
             if run_id is None:
                 if self._stop_submitting:
                     self.tally.outcomes["not_submitted"] += 1
@@ -186,7 +187,7 @@ class Runner:
                     return
             self.tally.phases["running"] += 1
             try:
-                run = await self._result(job, run_id)
+                run = await self._result(job, run_id, resumed=resumed)
             finally:
                 self.tally.phases["running"] -= 1
             self.manifest.job(job.key, "finished", run_id=run_id, run=_compact(run))
@@ -214,8 +215,14 @@ class Runner:
         else:
             self.tally.outcomes["done"] += 1
 
-    async def _result(self, job: Job, run_id: str) -> dict[str, Any]:
+    async def _result(self, job: Job, run_id: str, *, resumed: bool) -> dict[str, Any]:
         try:
+            if resumed:
+                # It may have ended while no batchrun was listening (its webhook went to
+                # a receiver that is gone): one look before waiting for news.
+                run = await self.client.get_run(run_id)
+                if is_terminal(run):
+                    return run
             return await self.source.result(run_id, job.app_id)
         except ApiError as exc:
             if exc.status == 404:

@@ -16,26 +16,23 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-import aiohttp
-
-from batchrun import client as _client
 from batchrun.client import LaminaClient, normalize_run
-from batchrun.errors import TransportError
+from batchrun.errors import ApiError, TransportError
 from batchrun.results import defer_to_waiting, is_terminal
 from batchrun.sse import Event
 
 log = logging.getLogger(__name__)
 
-# What opening or reading a stream can raise that another attempt may cure. stream_run
-# does not translate a 429 or a 5xx at open (its request loop is for JSON answers), so
-# the client's internal signals for those are caught here too; see the report of #4.
-_BREAKS: tuple[type[BaseException], ...] = (
-    TransportError,
-    aiohttp.ClientError,
-    TimeoutError,
-    _client._Retryable,
-    _client._ServerError,
-)
+# What opening or reading a stream can raise that another attempt may cure: a broken
+# connection, a 429 (the budget has paused by then) or a 5xx at open.
+_BREAKS: tuple[type[BaseException], ...] = (TransportError, ApiError)
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, ApiError):
+        return exc.status == 429 or (exc.status or 0) >= 500
+    return True
+
 
 # Consecutive breaks of one run's stream before it is read and long-polled instead.
 MAX_BREAKS = 3
@@ -94,6 +91,8 @@ class StreamSource:
             try:
                 run = await self._read_stream(run_id)
             except _BREAKS as exc:
+                if not _transient(exc):
+                    raise
                 breaks += 1
                 self.reconnects += 1
                 log.warning(

@@ -48,7 +48,9 @@ jobs:
 """
 
 
-def child(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+def child(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[float, float, str]:
     """Run a batchrun command; (wall seconds, its own peak RSS in MB, stderr)."""
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -82,7 +84,8 @@ def bench_plan(folder: Path) -> None:
 def bench_apply(folder: Path) -> None:
     sandbox = subprocess.Popen(
         [sys.executable, "-m", "batchrun", "sandbox", "--port", "0",
-         "--rate-limit", "1000000", "--queue-seconds", "0", "--run-seconds", "0.05,0.1"],
+         "--rate-limit", "1000000", "--queue-seconds", "0",
+         "--run-seconds", "0.05,0.1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
