@@ -44,12 +44,14 @@ class AppChange:
 
 @dataclass
 class Plan:
-    steps: list[Step]
+    # Not in the repr: asyncio.run formats the repr of its task's result when it
+    # restores the SIGINT handler, and 100,000 steps took a second to format.
+    steps: list[Step] = field(repr=False)
     apps: dict[str, App]
-    counts: dict[str, Counter[str]] = field(
-        default_factory=dict
-    )  # app_id -> action -> n
-    orphaned: dict[str, int] = field(default_factory=dict)  # app_id -> jobs not in spec
+    # app_id -> action -> number of jobs
+    counts: dict[str, Counter[str]] = field(default_factory=dict)
+    # app_id -> jobs in the manifest that the spec no longer has
+    orphaned: dict[str, int] = field(default_factory=dict)
     changed: list[AppChange] = field(default_factory=list)
 
     @property
