@@ -14,10 +14,12 @@ again.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -77,6 +79,25 @@ class LaminaClient:
         self._workspace_id = workspace_id
         self._sleep = sleep
         self.requests = 0
+        # Server clock minus ours, in seconds, learned from the Date header (None until
+        # an answer had one). Lets a lost run start be looked for in a narrow window.
+        self.clock_offset: float | None = None
+
+    def server_time(self, local: datetime) -> datetime | None:
+        """What the server's clock read at local time `local`, if we know its offset."""
+        if self.clock_offset is None:
+            return None
+        return local + timedelta(seconds=self.clock_offset)
+
+    def _learn_clock(self, date_header: str | None) -> None:
+        if not date_header:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date_header).timestamp()
+        except (TypeError, ValueError):
+            return
+        # Date has whole seconds, truncated: the server's clock was in [date, date + 1).
+        self.clock_offset = server + 0.5 - time.time()
 
     def __repr__(self) -> str:
         # Never show the key, not even in a debugger or a traceback.
@@ -355,6 +376,7 @@ class _Exchange:
             (time.monotonic() - started) * 1000,
             response.headers.get("X-Request-Id", "-"),
         )
+        client._learn_clock(response.headers.get("Date"))
         retry_after = client.budget.observe(response.status, response.headers)
         if response.status == 429:
             text = await response.text(errors="replace")

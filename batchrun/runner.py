@@ -48,6 +48,9 @@ from batchrun.times import format_time, parse_time
 
 log = logging.getLogger(__name__)
 
+# How far apart we allow the server's clock and ours to be when looking for the run a
+# lost start created: small when the Date header told us the offset, wide otherwise.
+RECONCILE_MARGIN = timedelta(seconds=3)
 RECONCILE_SKEW = timedelta(seconds=120)
 
 MEDIA_TYPES = {"image": "image", "video": "video", "audio": "audio"}
@@ -324,18 +327,24 @@ class Runner:
 
         Call with the app's lock held.
         """
-        bound = parse_time(since) if since else datetime.now(UTC) - timedelta(days=1)
-        after = format_time(bound - RECONCILE_SKEW)
+        sent = parse_time(since) if since else datetime.now(UTC) - timedelta(days=1)
+        server_sent = self.client.server_time(sent)
+        server_now = self.client.server_time(datetime.now(UTC))
+        if server_sent is None or server_now is None:
+            after, before = sent - RECONCILE_SKEW, None
+        else:
+            after, before = server_sent - RECONCILE_MARGIN, server_now + RECONCILE_MARGIN
         candidates: list[str] = []
         offset = 0
         while True:
             runs, page = await self.client.list_runs(
-                app_id=job.app_id, since=after, limit=100, offset=offset
+                app_id=job.app_id, since=format_time(after), limit=100, offset=offset
             )
             candidates += [
                 str(r["runId"])
                 for r in runs
                 if r.get("runId") not in self.manifest.run_ids
+                and not _created_after(r, before)
             ]
             offset += len(runs)
             if not runs or offset >= int(page.get("total", 0)):
@@ -351,10 +360,11 @@ class Runner:
             return run_id
 
         reason = (
-            f"a lost run start may have created any of {len(candidates)} runs "
-            f"({', '.join(candidates[:3])}...) made with this key since "
-            f"{after}; not resubmitting to avoid paying twice; check them, then re-run "
-            "with --retry-failed to submit again"
+            f"its run start's answer was lost, and {len(candidates)} runs of this app "
+            f"({', '.join(candidates[:3])}, ...) were created with this API key at that "
+            f"moment ({format_time(after)}), some by another client; not resubmitting, "
+            "to avoid paying twice. --retry-failed submits it again (a second run if "
+            "one of those was this job's)"
         )
         self.manifest.job(job.key, "failed", code="ambiguous_submission", reason=reason)
         raise JobFailed(reason)
@@ -509,6 +519,13 @@ class Runner:
             candidate = with_suffix_number(base, number)
         self._claimed[str(candidate)] = owner
         return str(candidate)
+
+
+def _created_after(run: dict[str, Any], moment: datetime | None) -> bool:
+    created = run.get("createdAt")
+    if moment is None or not created:
+        return False
+    return parse_time(str(created)) > moment
 
 
 def files_intact(output_dir: Path) -> Callable[[JobState], bool]:

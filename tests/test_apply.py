@@ -339,3 +339,31 @@ async def test_an_interrupted_sandbox_batch_resumes_with_its_runs(tmp_path):
     assert result.exit_code == 0
     assert started <= {s.run_id for s in finished.jobs.values()}
     assert len({s.run_id for s in finished.jobs.values()}) == 4
+
+
+async def test_a_lost_start_is_not_confused_with_another_clients_earlier_runs(
+    tmp_path, sandbox
+):
+    import asyncio
+
+    import aiohttp
+
+    cartoonify = "3f68debe-df0a-4fc9-bdd3-9d45a4160587"
+    async with aiohttp.ClientSession() as http:
+        for style in ("Ghibli", "Simpsons", "Cyberpunk"):
+            async with http.post(
+                f"{sandbox.base_url}/v1/apps/{cartoonify}/runs",
+                json={"inputs": {"Style": style}},
+                headers={"x-api-key": sandbox.api_key},
+            ) as answer:
+                assert answer.status == 202
+    # Another client's runs, a few seconds older than anything this batch sends.
+    await asyncio.sleep(3.5)
+    sandbox.faults.lost_response_next = 2
+    spec = write_spec(tmp_path, CARTOONS)
+
+    result = await run(spec, sandbox, concurrency=1)
+
+    assert result.exit_code == 0
+    assert result.tally.failures == []
+    assert len(sandbox.stats.runs) == 3 + 4
