@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import difflib
 import gc
+import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
@@ -29,6 +31,7 @@ from batchrun.errors import ApiError, ManifestError, Problem, SpecError, UsageEr
 from batchrun.jobs import Job, plan_jobs
 from batchrun.limits import DEFAULT_RATE, RequestBudget
 from batchrun.manifest import Manifest
+from batchrun.naming import output_path
 from batchrun.plan import SUBMIT, Plan, build_plan
 from batchrun.results import PollSource, ResultSource, WaitSource
 from batchrun.retries import RetryPolicy
@@ -42,6 +45,7 @@ from batchrun.webhook_source import WebhookSource
 log = logging.getLogger(__name__)
 
 RESULT_STRATEGIES = ("auto", "webhook", "poll", "wait", "stream")
+LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):\d{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,8 @@ async def plan_async(
     loaded = load_spec(spec)
     settings = effective_settings(loaded, overrides)
     output_dir, manifest_path = _paths(loaded, settings)
-    async with connect(
-        target or Target(), settings, sandbox_state=_sandbox_state(output_dir)
-    ) as api:
+    # A plan only reads apps: its sandbox (if any) needs no state, and takes no lock.
+    async with connect(target or Target(), settings) as api:
         jobs, apps = await _expand(api.client, loaded, settings)
     if manifest_path.exists():
         manifest = Manifest.read(manifest_path)
@@ -206,6 +209,7 @@ async def apply_async(
                     manifest=manifest,
                     plan=built,
                     source=source.source,
+                    resumed_source=source.resumed,
                     output_dir=output_dir,
                     filename=filename,
                     concurrency=settings.concurrency,
@@ -266,6 +270,11 @@ def effective_settings(spec: Spec, overrides: Overrides) -> Settings:
         raise UsageError("--concurrency must be at least 1")
     if settings.rate is not None and settings.rate < 1:
         raise UsageError("--rate must be at least 1 request per minute")
+    if settings.webhook_listen and not LISTEN_RE.match(settings.webhook_listen):
+        raise UsageError(
+            f"--webhook-listen {settings.webhook_listen!r}: expected HOST:PORT, "
+            "e.g. 127.0.0.1:8787"
+        )
     if settings.webhook_url and not settings.webhook_listen:
         raise UsageError(
             "--webhook-url needs --webhook-listen HOST:PORT: the local address your "
@@ -275,8 +284,14 @@ def effective_settings(spec: Spec, overrides: Overrides) -> Settings:
 
 
 def _sandbox_state(output_dir: Path) -> Path:
-    """Where `--sandbox` keeps its server's state for this batch."""
-    return output_dir / ".sandbox"
+    """Where `--sandbox` keeps its server's state for this batch.
+
+    In the user's cache, not beside the outputs: the state holds the sandbox's key and
+    secrets, which have no business in a folder that people zip and share.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(output_dir.resolve()).encode()).hexdigest()[:16]
+    return cache / "batchrun" / "sandbox" / digest
 
 
 def _paths(spec: Spec, settings: Settings) -> tuple[Path, Path]:
@@ -324,8 +339,8 @@ async def connect(
                 )
             except SandboxStateError as exc:
                 raise ManifestError(
-                    f"another batchrun is using this batch's sandbox ({exc}); wait for "
-                    "it to finish, or pass a different --out"
+                    "another batchrun is applying this batch on --sandbox; wait for it "
+                    f"to finish, or pass a different --out ({exc})"
                 ) from None
             base_url, api_key = sandbox.base_url, sandbox.api_key
         else:
@@ -451,10 +466,28 @@ async def _expand(
             jobs = plan_jobs(known, by_entry, max_jobs=settings.max_jobs)
     except SpecError as exc:
         problems += exc.problems
+    problems += _filename_problems(spec, settings)
     if problems:
         raise SpecError(sorted(problems, key=_position))
     apps = {app.app_id: app for app in by_entry.values()}
     return jobs, apps
+
+
+def _filename_problems(spec: Spec, settings: Settings) -> list[Problem]:
+    """A file-name template must name files inside the output folder."""
+    try:
+        template = parse_template(settings.filename)
+        output_path(template, {name: "x" for name in template.fields} | {"ext": ".png"})
+    except ValueError as exc:
+        where = spec.where("settings.filename")
+        return [
+            Problem(
+                where,
+                "settings.filename",
+                f"{exc}; write a path relative to the output folder, without '..'",
+            )
+        ]
+    return []
 
 
 @contextmanager
@@ -545,6 +578,7 @@ def _strategy(settings: Settings, api: Connection) -> str:
 class _Source:
     source: ResultSource
     webhook_url: str | None = None
+    resumed: ResultSource | None = None  # for runs an earlier process started
 
 
 @asynccontextmanager
@@ -552,10 +586,18 @@ async def _result_source(
     strategy: str, api: Connection, settings: Settings
 ) -> AsyncIterator[_Source]:
     if strategy == "webhook":
-        async with WebhookSource(
-            api.client, public_url=settings.webhook_url, listen=settings.webhook_listen
-        ) as webhooks:
-            yield _Source(webhooks, webhooks.webhook_url)
+        # Runs started by an earlier process send their webhooks to its receiver,
+        # which is gone: those are polled in bulk instead.
+        resumed = PollSource(api.client)
+        try:
+            async with WebhookSource(
+                api.client,
+                public_url=settings.webhook_url,
+                listen=settings.webhook_listen,
+            ) as webhooks:
+                yield _Source(webhooks, webhooks.webhook_url, resumed)
+        finally:
+            await resumed.aclose()
         return
 
     if strategy == "wait":

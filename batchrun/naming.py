@@ -56,6 +56,8 @@ def output_path(template: Template, values: Mapping[str, str]) -> PurePosixPath:
     safe = {name: v if name == "ext" else slug(v) for name, v in values.items()}
     rendered = template.render(safe)
     ext = values.get("ext", "")
+    if rendered.startswith("/"):
+        raise ValueError(f"the file name template gives an absolute path: {rendered!r}")
     parts = [p for p in rendered.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise ValueError(f"the file name template gives an unsafe path: {rendered!r}")

@@ -89,6 +89,7 @@ class Runner:
         concurrency: int,
         retry: RetryPolicy,
         webhook_url: str | None = None,
+        resumed_source: ResultSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -96,6 +97,7 @@ class Runner:
         self.manifest = manifest
         self.plan = plan
         self.source = source
+        self.resumed_source = resumed_source or source
         self.output_dir = output_dir
         self.filename = filename
         self.concurrency = concurrency
@@ -226,6 +228,7 @@ class Runner:
                 run = await self.client.get_run(run_id)
                 if is_terminal(run):
                     return run
+                return await self.resumed_source.result(run_id, job.app_id)
             return await self.source.result(run_id, job.app_id)
         except ApiError as exc:
             if exc.status == 404:
@@ -333,7 +336,10 @@ class Runner:
         if server_sent is None or server_now is None:
             after, before = sent - RECONCILE_SKEW, None
         else:
-            after, before = server_sent - RECONCILE_MARGIN, server_now + RECONCILE_MARGIN
+            after, before = (
+                server_sent - RECONCILE_MARGIN,
+                server_now + RECONCILE_MARGIN,
+            )
         candidates: list[str] = []
         offset = 0
         while True:
@@ -361,8 +367,9 @@ class Runner:
 
         reason = (
             f"its run start's answer was lost, and {len(candidates)} runs of this app "
-            f"({', '.join(candidates[:3])}, ...) were created with this API key at that "
-            f"moment ({format_time(after)}), some by another client; not resubmitting, "
+            f"({', '.join(candidates[:3])}, ...) were created with this API key at "
+            f"that moment ({format_time(after)}), some by another client; not "
+            "resubmitting, "
             "to avoid paying twice. --retry-failed submits it again (a second run if "
             "one of those was this job's)"
         )

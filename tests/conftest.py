@@ -44,6 +44,12 @@ class Scripted:
             await self._runner.cleanup()
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> None:
+    """Keep `--sandbox` state (kept in the user's cache) out of the real home folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[web.Application], Awaitable[Scripted]]]:
     """Start scripted apps: `server = await serve(app)`; stopped after the test."""

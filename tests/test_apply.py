@@ -339,6 +339,8 @@ async def test_an_interrupted_sandbox_batch_resumes_with_its_runs(tmp_path):
     assert result.exit_code == 0
     assert started <= {s.run_id for s in finished.jobs.values()}
     assert len({s.run_id for s in finished.jobs.values()}) == 4
+    # The sandbox's state (its key among it) stays out of the shareable output folder.
+    assert not any(p.name.startswith(".sandbox") for p in (tmp_path / "out").iterdir())
 
 
 async def test_a_lost_start_is_not_confused_with_another_clients_earlier_runs(

@@ -220,3 +220,43 @@ def test_the_shipped_specs_are_valid(threaded_sandbox):
         done = batchrun("plan", str(spec), env=threaded_sandbox.env(), cwd=REPO)
 
         assert done.returncode == 0, f"{spec.name}: {done.stderr}"
+
+
+def test_a_file_name_template_that_escapes_the_output_folder_is_refused_at_plan(
+    tmp_path, threaded_sandbox
+):
+    spec = write_spec(
+        tmp_path, SPEC.replace('"{Upload}-{Style}{ext}"', '"../../{Style}{ext}"')
+    )
+
+    done = batchrun("plan", str(spec), env=threaded_sandbox.env())
+
+    assert done.returncode == 2
+    assert (
+        f"{spec}:4:13: settings.filename: the file name template gives an unsafe"
+        in (done.stderr)
+    )
+    assert threaded_sandbox.sandbox.stats.requests["create_run"] == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--webhook-listen", "bad"], "--webhook-listen 'bad': expected HOST:PORT"),
+        (
+            ["--webhook-url", "https://x.example/hook"],
+            "--webhook-url needs --webhook-listen",
+        ),
+        (["--concurrency", "0"], "Invalid value for '--concurrency'"),
+        (["--results", "bogus"], "Invalid value for '--results'"),
+    ],
+    ids=["listen", "url-without-listen", "concurrency", "results"],
+)
+def test_bad_flags_exit_2_with_one_line(tmp_path, flags, message):
+    spec = write_spec(tmp_path, SPEC)
+
+    done = batchrun("apply", str(spec), "--sandbox", *flags)
+
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
