@@ -180,6 +180,8 @@ async def apply_async(
     ) as api:
         jobs, apps = await _expand(api.client, loaded, settings)
         with Manifest.open(manifest_path) as manifest:
+            if manifest.header is None:
+                _warn_of_old_outputs(output_dir, manifest_path)
             built = build_plan(
                 jobs,
                 manifest.jobs,
@@ -281,6 +283,20 @@ def effective_settings(spec: Spec, overrides: Overrides) -> Settings:
             "tunnel or proxy forwards that URL to"
         )
     return settings
+
+
+def _warn_of_old_outputs(output_dir: Path, manifest_path: Path) -> None:
+    """A new manifest over a folder of outputs usually means a lost manifest."""
+    count = sum(1 for p in output_dir.rglob("*") if p.is_file() and p != manifest_path)
+    if count:
+        log.warning(
+            "output.exists %s already holds %d files but the manifest %s is new: every "
+            "job runs (and is paid for) again, and files with the same names are "
+            "replaced; press Ctrl-C now if the manifest was lost or moved",
+            output_dir,
+            count,
+            manifest_path,
+        )
 
 
 def _sandbox_state(output_dir: Path) -> Path:

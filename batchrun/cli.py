@@ -97,9 +97,37 @@ def cli(verbose: int, debug: bool) -> None:
       batchrun apply specs/cartoonify.yaml --sandbox
 
     Exit codes: 0 all jobs completed, 1 some jobs failed, 2 invalid spec or usage,
-    3 manifest problem, 4 the API refused, 5 the API unreachable, 130 interrupted.
+    3 manifest problem, 4 the API refused, 5 the API unreachable, 70 internal error,
+    130 interrupted.
     """
     _setup_logging(verbose, debug)
+
+
+def _raise_verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """-v / --debug after the command name work as they do before it."""
+    if not value:
+        return
+    root = logging.getLogger("batchrun")
+    level = logging.DEBUG if param.name == "debug" else logging.INFO
+    root.setLevel(min(root.level or logging.WARNING, level))
+
+
+def _log_options(func: Any) -> Any:
+    func = click.option(
+        "--debug",
+        is_flag=True,
+        expose_value=False,
+        callback=_raise_verbosity,
+        help="Log every request and show tracebacks.",
+    )(func)
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_raise_verbosity,
+        help="Log each step (INFO).",
+    )(func)
 
 
 def _api_options(func: Any) -> Any:
@@ -208,6 +236,7 @@ def _overrides(kwargs: dict[str, Any]) -> Overrides:
 
 
 @cli.command("apply")
+@_log_options
 @click.argument("spec", type=click.Path(path_type=Path))
 @_api_options
 @_batch_options
@@ -249,6 +278,7 @@ def apply_command(
 
 
 @cli.command("plan")
+@_log_options
 @click.argument("spec", type=click.Path(path_type=Path))
 @_api_options
 @_batch_options
@@ -282,17 +312,21 @@ def plan_command(
             err=True,
         )
     print_table(plan_table(result))
+    count = len(result.plan.steps)
     click.echo(
-        f"{len(result.plan.steps)} jobs, all valid; nothing was submitted. "
+        f"{count} {'job' if count == 1 else 'jobs'}, all valid; nothing was submitted. "
         f"Manifest: {result.manifest}"
     )
 
 
 @cli.command("status")
+@_log_options
 @click.argument("manifest", type=click.Path(path_type=Path), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status_command(manifest: Path | None, as_json: bool) -> None:
     """Fold a manifest into a table of job states and failures.
+
+    Without MANIFEST, uses the one manifest under ./out (the default output folder).
 
     \b
     Example:
@@ -325,6 +359,7 @@ def _only_manifest() -> Path:
 
 
 @cli.command("apps")
+@_log_options
 @click.option("--search", default="", help="Only apps whose name or description match.")
 @_api_options
 def apps_command(
@@ -336,8 +371,11 @@ def apps_command(
     Example:
       batchrun apps --sandbox
     """
-    for app in list_apps(_target(sandbox, api_key, base_url), search):
+    apps = list_apps(_target(sandbox, api_key, base_url), search)
+    for app in apps:
         click.echo(f"{app.get('appId')}  {app.get('name')}")
+    if not apps:
+        click.echo(f"no app matches {search!r}" if search else "no apps", err=True)
 
 
 def _register_sandbox() -> None:

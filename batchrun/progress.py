@@ -73,8 +73,12 @@ class ProgressDisplay:
         tally = self._runner.tally
         phases, outcomes = tally.phases, tally.outcomes
         running = phases["running"]
+        busy = phases["submitting"] + running + phases["downloading"]
         return {
             "queued": max(0, phases["queued"]),
+            # In a worker but between steps: waiting its app's turn to submit, being
+            # looked for after a lost answer, or being read back.
+            "waiting": max(0, phases["working"] - busy),
             "submitting": phases["submitting"],
             "running": running,
             "downloading": phases["downloading"],

@@ -28,7 +28,7 @@ OUTCOME_LABELS = {
 def plan_table(result: PlanResult) -> Table:
     plan = result.plan
     table = Table(title=f"plan for {result.spec.path}", title_justify="left")
-    table.add_column("app")
+    table.add_column("app", no_wrap=True, min_width=12)
     for action in ACTIONS:
         table.add_column(_ACTION_HEADERS[action], justify="right")
     table.add_column("not in spec", justify="right")
@@ -148,7 +148,7 @@ STATUS_COLUMNS = ("planned", "submitting", "submitted", "downloading", "done", "
 
 def status_table(manifest: Manifest) -> Table:
     table = Table(title=f"status of {manifest.path}", title_justify="left")
-    table.add_column("app")
+    table.add_column("app", no_wrap=True, min_width=12)
     for column in STATUS_COLUMNS:
         table.add_column(column, justify="right")
     for name, counts in status_counts(manifest).items():
@@ -183,4 +183,8 @@ def status_json(manifest: Manifest) -> dict[str, Any]:
 
 
 def print_table(table: Table) -> None:
-    Console(soft_wrap=True).print(table)
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        # Piped or logged: 80 columns would truncate app names; there is no screen.
+        console = Console(soft_wrap=True, width=120)
+    console.print(table)

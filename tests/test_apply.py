@@ -369,3 +369,13 @@ async def test_a_lost_start_is_not_confused_with_another_clients_earlier_runs(
     assert result.exit_code == 0
     assert result.tally.failures == []
     assert len(sandbox.stats.runs) == 3 + 4
+
+
+async def test_a_new_manifest_over_old_outputs_warns(tmp_path, sandbox, caplog):
+    spec = write_spec(tmp_path, CARTOONS)
+    first = await run(spec, sandbox)
+    first.planned.manifest.unlink()
+
+    await run(spec, sandbox)
+
+    assert "already holds 4 files but the manifest" in caplog.text
