@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 # List requests may take at most one slot in this many of the request budget.
-POLL_SHARE = 15
+POLL_SHARE = 10
 # Result reads sent at once by a poll round.
 READS_IN_FLIGHT = 2
 # How far the server's clock may be from ours when we bound a listing by local time.
