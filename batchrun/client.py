@@ -228,6 +228,8 @@ class LaminaClient:
         attempt = 0
         while True:
             attempt += 1
+            last = attempt > self.retry.retries
+            retry_after: float | None = None
             try:
                 async with self._send(
                     method,
@@ -238,35 +240,18 @@ class LaminaClient:
                 ) as response:
                     return await _read_json(response, method, path)
             except _Retryable as exc:
-                if attempt > self.retry.retries:
+                # A 429: the request had no effect, so even a run start may be resent.
+                if last:
                     raise exc.final() from exc
-                delay = self.retry.delay(attempt, exc.retry_after)
-                log.warning(
-                    "http.retry %s %s attempt=%d reason=%s wait=%.1fs",
-                    method,
-                    path,
-                    attempt,
-                    exc.reason,
-                    delay,
-                )
-                await self._sleep(delay)
+                reason, retry_after = exc.reason, exc.retry_after
             except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
-                # The connection was never made, so nothing was sent: always safe to
-                # retry.
-                if attempt > self.retry.retries:
+                # The connection was never made, so nothing was sent: safe to retry.
+                if last:
                     raise TransportError(
                         f"cannot connect to {self.base_url}: {exc.__class__.__name__}; "
                         "check LAMINA_BASE_URL and your network"
                     ) from exc
-                delay = self.retry.delay(attempt)
-                log.warning(
-                    "http.retry %s %s attempt=%d reason=connect wait=%.1fs",
-                    method,
-                    path,
-                    attempt,
-                    delay,
-                )
-                await self._sleep(delay)
+                reason = "connect"
             except (TimeoutError, aiohttp.ClientError) as exc:
                 reason = exc.__class__.__name__
                 if not idempotent:
@@ -274,39 +259,31 @@ class LaminaClient:
                         f"{method} {path}: the answer was lost ({reason}); "
                         "a run may have been created"
                     ) from exc
-                if attempt > self.retry.retries:
+                if last:
                     raise TransportError(
                         f"{method} {path} failed {attempt} times ({reason}); "
                         "the API is unreachable or unstable, try again later"
                     ) from exc
-                delay = self.retry.delay(attempt)
-                log.warning(
-                    "http.retry %s %s attempt=%d reason=%s wait=%.1fs",
-                    method,
-                    path,
-                    attempt,
-                    reason,
-                    delay,
-                )
-                await self._sleep(delay)
             except _ServerError as exc:
                 if not idempotent:
                     raise SubmissionUncertain(
                         f"{method} {path}: the API answered {exc.status} "
                         f"({exc.code}); a run may have been created"
                     ) from exc.api_error
-                if attempt > self.retry.retries:
+                if last:
                     raise exc.api_error from None
-                delay = self.retry.delay(attempt, exc.retry_after)
-                log.warning(
-                    "http.retry %s %s attempt=%d reason=%s wait=%.1fs",
-                    method,
-                    path,
-                    attempt,
-                    exc.status,
-                    delay,
-                )
-                await self._sleep(delay)
+                reason, retry_after = str(exc.status), exc.retry_after
+
+            delay = self.retry.delay(attempt, retry_after)
+            log.warning(
+                "http.retry %s %s attempt=%d reason=%s wait=%.1fs",
+                method,
+                path,
+                attempt,
+                reason,
+                delay,
+            )
+            await self._sleep(delay)
 
     def _send(
         self,
