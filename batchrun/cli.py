@@ -26,6 +26,7 @@ from batchrun.report import (
     summary_json,
     summary_table,
 )
+from batchrun.sandbox.command import sandbox_command
 
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
@@ -378,15 +379,7 @@ def apps_command(
         click.echo(f"no app matches {search!r}" if search else "no apps", err=True)
 
 
-def _register_sandbox() -> None:
-    try:
-        from batchrun.sandbox.command import sandbox_command
-    except ImportError:  # the sandbox is optional at import time
-        return
-    cli.add_command(sandbox_command)
-
-
-_register_sandbox()
+cli.add_command(sandbox_command)
 
 
 def main() -> None:
