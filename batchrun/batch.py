@@ -243,6 +243,19 @@ def list_apps(target: Target, search: str = "") -> list[dict[str, Any]]:
     return asyncio.run(fetch())
 
 
+def describe_app(target: Target, name_or_id: str) -> App:
+    """One app with its parameters, by ID or exact name (for `batchrun apps APP`)."""
+
+    async def fetch() -> App:
+        async with connect(target, Settings(rate=DEFAULT_RATE)) as api:
+            try:
+                return await _resolve_app(api.client, name_or_id)
+            except _Unresolved as exc:
+                raise UsageError(str(exc)) from None
+
+    return asyncio.run(fetch())
+
+
 def effective_settings(spec: Spec, overrides: Overrides) -> Settings:
     """The spec's settings with command-line overrides applied and checked."""
     changes = {
@@ -466,7 +479,11 @@ def _closest(text: str, names: list[str]) -> str | None:
     if text.casefold().strip() in folded:
         return folded[text.casefold().strip()]
     matches = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    if matches:
+        return matches[0]
+    # A part of the name ("Full Set" for "Full Set Catalog Generation").
+    containing = [n for n in names if text.casefold() in n.casefold()]
+    return containing[0] if len(containing) == 1 else None
 
 
 async def _expand(

@@ -11,12 +11,21 @@ from typing import Any
 import click
 
 from batchrun import __version__
-from batchrun.batch import RESULT_STRATEGIES, Overrides, Target, apply, list_apps, plan
+from batchrun.batch import (
+    RESULT_STRATEGIES,
+    Overrides,
+    Target,
+    apply,
+    describe_app,
+    list_apps,
+    plan,
+)
 from batchrun.errors import BatchrunError, SpecError, UsageError
 from batchrun.manifest import Manifest
 from batchrun.progress import ProgressDisplay
 from batchrun.report import (
     failure_lines,
+    parameter_lines,
     plan_json,
     plan_table,
     print_table,
@@ -361,18 +370,32 @@ def _only_manifest() -> Path:
 
 @cli.command("apps")
 @_log_options
+@click.argument("app", required=False)
 @click.option("--search", default="", help="Only apps whose name or description match.")
 @_api_options
 def apps_command(
-    search: str, sandbox: bool, api_key: str | None, base_url: str | None
+    app: str | None,
+    search: str,
+    sandbox: bool,
+    api_key: str | None,
+    base_url: str | None,
 ) -> None:
-    """List the apps the API offers, with their IDs.
+    """List the apps the API offers, with their IDs; or one APP's parameters.
+
+    With APP (a name or an appId), prints each parameter as a spec must write it:
+    exact name and option labels, spaces shown as ␣ where they matter.
 
     \b
-    Example:
+    Examples:
       batchrun apps --sandbox
+      batchrun apps "Full Set Catalog Generation" --sandbox
     """
-    apps = list_apps(_target(sandbox, api_key, base_url), search)
+    target = _target(sandbox, api_key, base_url)
+    if app is not None:
+        for line in parameter_lines(describe_app(target, app)):
+            click.echo(line)
+        return
+    apps = list_apps(target, search)
     for app in apps:
         click.echo(f"{app.get('appId')}  {app.get('name')}")
     if not apps:

@@ -9,9 +9,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from batchrun.apps import App
 from batchrun.batch import BatchResult, PlanResult
 from batchrun.manifest import Manifest
 from batchrun.plan import ACTIONS
+from batchrun.validate import visible
 
 SHOW_FAILURES = 20
 
@@ -180,6 +182,31 @@ def status_json(manifest: Manifest) -> dict[str, Any]:
             for key, app, reason in status_failures(manifest)
         ],
     }
+
+
+def parameter_lines(app: App) -> list[str]:
+    """An app's parameters as a spec writes them, whitespace made visible."""
+    lines = [f"{app.name} ({app.app_id})"]
+    for parameter in app.parameters:
+        default = (
+            f"default {_shown(parameter.default)}"
+            if parameter.has_default
+            else "no default: required"
+        )
+        lines.append(f"  {_shown(parameter.name)}: {parameter.type}, {default}")
+        if parameter.options:
+            lines.append(
+                "    options: " + ", ".join(_shown(o) for o in parameter.options)
+            )
+        if parameter.accept:
+            lines.append("    accepts: " + ", ".join(parameter.accept))
+    return lines
+
+
+def _shown(text: str) -> str:
+    """Quoted; spaces drawn as ␣ only where they could trip someone up."""
+    tricky = text != text.strip() or "  " in text
+    return repr(visible(text) if tricky else text)
 
 
 def print_table(table: Table) -> None:

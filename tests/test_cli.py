@@ -260,3 +260,18 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, flags, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_apps_shows_parameters_with_the_whitespace_that_matters(threaded_sandbox):
+    done = batchrun("apps", "Full Set Catalog Generation", env=threaded_sandbox.env())
+
+    assert done.returncode == 0
+    assert "'Model␣␣Ethnicity': options, no default: required" in done.stdout
+    assert "'Standard␣', 'Plus Size', 'Muscular'" in done.stdout
+
+
+def test_apps_suggests_the_app_a_partial_name_means(threaded_sandbox):
+    done = batchrun("apps", "Full Set", env=threaded_sandbox.env())
+
+    assert done.returncode == 2
+    assert "did you mean 'Full Set Catalog Generation'?" in done.stderr
