@@ -396,8 +396,8 @@ def apps_command(
             click.echo(line)
         return
     apps = list_apps(target, search)
-    for app in apps:
-        click.echo(f"{app.get('appId')}  {app.get('name')}")
+    for summary in apps:
+        click.echo(f"{summary.get('appId')}  {summary.get('name')}")
     if not apps:
         click.echo(f"no app matches {search!r}" if search else "no apps", err=True)
 

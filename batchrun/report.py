@@ -188,11 +188,10 @@ def parameter_lines(app: App) -> list[str]:
     """An app's parameters as a spec writes them, whitespace made visible."""
     lines = [f"{app.name} ({app.app_id})"]
     for parameter in app.parameters:
-        default = (
-            f"default {_shown(parameter.default)}"
-            if parameter.has_default
-            else "no default: required"
-        )
+        if parameter.default is None:
+            default = "no default: required"
+        else:
+            default = f"default {_shown(parameter.default)}"
         lines.append(f"  {_shown(parameter.name)}: {parameter.type}, {default}")
         if parameter.options:
             lines.append(
