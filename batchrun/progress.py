@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from typing import IO, Any
@@ -14,6 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from batchrun.results import stop_task
 from batchrun.runner import Runner
 from batchrun.stream_source import StreamSource
 
@@ -48,10 +48,7 @@ class ProgressDisplay:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
         if self._live is not None:
             self._live.update(self._render())
             self._live.stop()

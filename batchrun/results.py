@@ -49,6 +49,15 @@ class ResultSource(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task and wait until it has really stopped."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def is_terminal(run: dict[str, Any]) -> bool:
     return run.get("status") in TERMINAL
 
@@ -136,11 +145,8 @@ class PollSource:
             self._watched.pop(run_id, None)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def interval(self) -> float:
         """Seconds to the next listing: soon enough to see runs end, cheap enough."""

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batchrun.client import LaminaClient
-from batchrun.results import TERMINAL, is_terminal
+from batchrun.results import TERMINAL, is_terminal, stop_task
 from batchrun.times import format_time
 from batchrun.webhooks import WebhookReceiver
 
@@ -132,11 +132,8 @@ class WebhookSource:
 
     async def aclose(self) -> None:
         """Stop the safety check and the receiver."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._receiver.__aexit__(None, None, None)
 
     async def result(self, run_id: str, app_id: str) -> dict[str, Any]:
